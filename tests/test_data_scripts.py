@@ -1,0 +1,420 @@
+"""End-to-end tests of data_scripts/: for every dataset a tiny fabricated copy of its raw layout (folder and file
+names, CSV columns, NIfTI / DICOM / JPEG / HDF5 / MetaImage / TIFF formats as the real one has) goes through
+`prepare` and `check`, and the prepared folder is loaded back. No test touches the internet."""
+from __future__ import annotations
+import csv, importlib.util, json, re, subprocess, sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = ROOT / 'data_scripts'
+sys.path.insert(0, str(SCRIPTS))
+RNG = np.random.default_rng(0)
+
+
+def script(name):
+    "Import data_scripts/<name>.py as a module."
+    spec = importlib.util.spec_from_file_location(f'ds_{name}', SCRIPTS / f'{name}.py')
+    mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
+    return mod
+
+
+def run(name, *argv) -> int:
+    return script(name).run(script(name).SCRIPT, [str(a) for a in argv])
+
+
+def write_csv(path, header, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, 'w', newline='') as f:
+        w = csv.writer(f); w.writerow(header); w.writerows(rows)
+
+
+def nifti(path, data, zooms=(1, 1, 1)):
+    import nibabel as nib
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(np.asarray(data), np.diag(list(zooms) + [1])), str(path))
+
+
+def head(shape, lesion=None):
+    "A bright ellipsoid 'brain' on a dark background, optionally with a brighter lesion box (returns img, seg)."
+    g = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing='ij'))
+    img = np.where((g ** 2).sum(0) < 0.6, 100 + RNG.normal(0, 5, shape), RNG.normal(0, 1, shape)).astype(np.float32)
+    seg = np.zeros(shape, np.uint8)
+    if lesion is not None: seg[lesion] = 1; img[lesion] += 80
+    return img, seg
+
+
+def load_prepared(name, out_dir):
+    "Load the prepared folder's test split through the lead's `load_dataset`, as the repro notebooks will."
+    from uad_notebooks.data import load_dataset
+    rows = [r for r in csv.DictReader(open(Path(out_dir) / 'manifest.csv')) if r['split'] == 'test']
+    ds = load_dataset(name, 'test', data_dir=out_dir, img_size=32)
+    assert len(ds) == len(rows) > 0
+    item = ds[0]
+    assert tuple(item['image'].shape[-2:]) == (32, 32) and item['mask'].shape[-2:] == item['image'].shape[-2:]
+    assert sorted({int(ds[i]['label']) for i in range(len(ds))}) == sorted({int(r['label']) for r in rows})
+    return ds
+
+
+def prepare_and_check(name, raw, out, *extra, spec_counts=False):
+    assert run(name, 'prepare', '--raw-dir', raw, '--out-dir', out, *extra) == 0
+    prov = json.loads((out / 'provenance.json').read_text())
+    rc = run(name, 'check', '--out-dir', out, *([] if spec_counts else ['--no-spec-counts']))
+    assert rc == 0
+    assert (out / 'hashes.csv').exists()
+    load_prepared(name, out)
+    return list(csv.DictReader(open(out / 'manifest.csv'))), prov
+
+
+# --------------------------------------------------------------------------------------------------- BraTS 2020
+def fab_brats2020(raw):
+    import h5py
+    d = raw / 'BraTS2020_training_data' / 'content' / 'data'; d.mkdir(parents=True)
+    for v in range(1, 5):
+        for s in range(6):
+            img = RNG.normal(0, 1, (16, 16, 4)); img[:2] = 0
+            mask = np.zeros((16, 16, 3), np.uint8)
+            if s in (2, 3): mask[5:9, 5:9, 1] = 1
+            with h5py.File(d / f'volume_{v}_slice_{s}.h5', 'w') as f:
+                f['image'] = img; f['mask'] = mask
+    sp = raw / 'splits'; sp.mkdir()
+    names = lambda vs, ss: '\n'.join(f'volume_{v}_slice_{s}.npy' for v in vs for s in ss) + '\n'
+    (sp / 'normal_training_samples.txt').write_text(names([1, 2], [0, 1, 4, 5]))
+    (sp / 'normal_val_samples.txt').write_text(names([3], [0, 1, 4, 5]))
+    (sp / 'abnormal_val_samples.txt').write_text(names([3], [2, 3]))
+    (sp / 'normal_test_samples.txt').write_text(names([4], [0, 1, 4, 5]))
+    (sp / 'abnormal_test_samples.txt').write_text(names([4], [2, 3]))
+
+
+def test_brats2020(tmp_path, capsys):
+    pytest.importorskip('h5py')
+    raw, out = tmp_path / 'raw', tmp_path / 'out'; fab_brats2020(raw)
+    assert run('brats2020', 'download', '--raw-dir', raw, '--no-splits') == 0    # files placed: manual step satisfied
+    rows, prov = prepare_and_check('brats2020', raw, out)
+    counts = {(r['split'], r['label']) for r in rows}
+    assert counts == {('train', '0'), ('val', '0'), ('val', '1'), ('test', '0'), ('test', '1')}
+    assert sum(r['split'] == 'train' for r in rows) == 8 and sum(r['label'] == '1' for r in rows) == 4
+    assert prov['split_variant'] == 'faithful' and len(prov['split_files']) == 5
+    assert all(len(v['sha256']) == 64 and v['url'].startswith('https://raw.githubusercontent.com/lilygeorgescu/')
+               for v in prov['split_files'].values())
+    assert np.load(out / rows[0]['image']).shape == (16, 16)
+    # against the spec's counts the tiny copy must fail the check, with a clear message
+    capsys.readouterr()
+    assert run('brats2020', 'check', '--out-dir', out) == 1
+    assert 'train/0: 8 (spec 15557)' in capsys.readouterr().out
+    # a generated split needs no split files and keeps only tumour-free training slices
+    out2 = tmp_path / 'gen'
+    assert run('brats2020', 'prepare', '--raw-dir', raw, '--out-dir', out2, '--split-variant', 'generated',
+               '--img-size', '8') == 0
+    rows2 = list(csv.DictReader(open(out2 / 'manifest.csv')))
+    assert all(r['label'] == '0' for r in rows2 if r['split'] == 'train')
+    assert np.load(out2 / rows2[0]['image']).shape == (8, 8)
+    with pytest.raises(FileExistsError, match='--overwrite'):
+        run('brats2020', 'prepare', '--raw-dir', raw, '--out-dir', out2, '--split-variant', 'generated')
+
+
+# --------------------------------------------------------------------------------------------------- IXI / BraTS21 / MSLUB
+CHAIN = ['--crop-shape', 24, 24, 16]
+
+
+def pddpm_csv(path, names, prefix):
+    write_csv(path, ['', 'img_name', 'age', 'label', 'img_path', 'mask_path', 'seg_path', 'Agegroup'],
+              [[i, n, 40, 0, f'{prefix}/{n}', '', '', 1.0] for i, n in enumerate(names)])
+
+
+def test_ixi_faithful_and_clean(tmp_path):
+    raw, sp = tmp_path / 'raw', tmp_path / 'raw' / 'splits'
+    ids = [f'IXI{i:03d}-{site}-{1000 + i:04d}' for i, site in zip(range(2, 8), ['Guys', 'HH', 'IOP', 'Guys', 'HH', 'Guys'])]
+    for s in ids:
+        nifti(raw / f'{s}-T2.nii.gz', head((20, 20, 12))[0], zooms=(1.2, 1.2, 1.5))
+    t1 = lambda s: f'{s}_t1.nii.gz'
+    train = [t1(ids[0]), t1(ids[1]), t1(ids[1]), t1(ids[5])]          # a duplicate, and ids[5] also in test
+    for k in range(5):
+        pddpm_csv(sp / f'IXI_train_fold{k}.csv', train, '/Train/ixi/t1')
+        pddpm_csv(sp / f'IXI_val_fold{k}.csv', [t1(ids[2])], '/Train/ixi/t1')
+    pddpm_csv(sp / 'IXI_test.csv', [t1(ids[3]), t1(ids[4]), t1(ids[5])], '/Train/ixi/t1')
+    write_csv(sp / 'avail_t2.csv', ['', 'img_name'], [[i, f'{s}-T2.nii.gz'] for i, s in enumerate(ids)])
+    rows, prov = prepare_and_check('ixi', raw, tmp_path / 'faithful', *CHAIN)
+    vols = lambda rows, sp: sum(r['split'] == sp and r['slice'] == '0' for r in rows)
+    assert (vols(rows, 'train'), vols(rows, 'val'), vols(rows, 'test')) == (4, 1, 3)
+    assert len(rows) == 8 * 8                                         # 16 slices at 1 mm -> 8 at 2 mm
+    assert prov['split_variant'] == 'faithful'
+    assert any(s['tool'].startswith('HD-BET') for s in prov['skipped'])  # not installed here: recorded
+    import nibabel as nib
+    v = np.asarray(nib.load(str(tmp_path / 'faithful' / rows[0]['image'])).dataobj)
+    assert v.shape == (12, 12, 8) and v.min() >= 0 and v.max() <= 1
+    rows, prov = prepare_and_check('ixi', raw, tmp_path / 'clean', *CHAIN, '--split-variant', 'clean')
+    assert (vols(rows, 'train'), vols(rows, 'test')) == (2, 3)       # duplicate and the test subject removed
+    assert prov['split_variant'] == 'clean'
+
+
+def test_brats2021(tmp_path):
+    raw, sp = tmp_path / 'raw', tmp_path / 'raw' / 'splits'
+    ids = [f'BraTS2021_{i:05d}' for i in (0, 2, 3)]
+    for s in ids:
+        img, seg = head((24, 24, 16), lesion=(slice(10, 14), slice(10, 14), slice(6, 10)))
+        img[img < 50] = 0                                             # BraTS is skull-stripped: background exactly 0
+        d = raw / 'RSNA_ASNR_MICCAI_BraTS2021_TrainingData_16July2021' / s
+        for m in ('t1', 't1ce', 't2', 'flair'): nifti(d / f'{s}_{m}.nii.gz', img)
+        nifti(d / f'{s}_seg.nii.gz', seg * 2)
+    pddpm_csv(sp / 'Brats21_val.csv', [f'{ids[0]}_t1.nii.gz'], '/Test/Brats21/t1')
+    pddpm_csv(sp / 'Brats21_test.csv', [f'{s}_t1.nii.gz' for s in ids[1:]], '/Test/Brats21/t1')
+    rows, prov = prepare_and_check('brats2021', raw, tmp_path / 'out', *CHAIN)
+    assert {r['split'] for r in rows} == {'val', 'test'}
+    assert {r['label'] for r in rows} == {'0', '1'} and all(r['mask'] for r in rows)
+    lab = [int(r['label']) for r in rows if r['subject'] == ids[1]]
+    assert lab[3:5] == [1, 1] and lab[0] == 0                          # lesion slices 6..9 -> 3..4 at 2 mm
+
+
+def test_mslub(tmp_path):
+    raw, sp = tmp_path / 'raw', tmp_path / 'raw' / 'splits'
+    for i in (1, 3, 5):
+        s = f'patient{i:02d}'
+        img, seg = head((20, 20, 14), lesion=(slice(8, 11), slice(8, 11), slice(4, 8)))
+        nifti(raw / s / 'raw' / f'{s}_T2W.nii.gz', img); nifti(raw / s / 'raw' / f'{s}_FLAIR.nii.gz', img)
+        nifti(raw / s / f'{s}_consensus_gt.nii.gz', seg)
+    write_csv(sp / 'MSLUB_val.csv', ['', 'img_name', 'age', 'sex', 'ms_type', 'label', 'img_path', 'mask_path', 'seg_path', 'Agegroup'],
+              [[0, 'patient01', 31, 'F', 'RR', 1, '/Test/MSLUB/t1/patient01_t1.nii.gz', '', '', 1.0]])
+    write_csv(sp / 'MSLUB_test.csv', ['', 'img_name', 'age', 'sex', 'ms_type', 'label', 'img_path', 'mask_path', 'seg_path', 'Agegroup'],
+              [[i, f'patient{i:02d}', 30, 'F', 'RR', 1, '', '', '', 1.0] for i in (3, 5)])
+    assert run('mslub', 'download', '--raw-dir', raw, '--no-splits') == 0
+    rows, prov = prepare_and_check('mslub', raw, tmp_path / 'out', *CHAIN)
+    assert sum(r['label'] == '1' for r in rows) > 0
+    assert {r['subject'] for r in rows if r['split'] == 'test'} == {'patient03', 'patient05'}
+
+
+def test_manual_step_printed_when_files_missing(tmp_path, capsys):
+    assert run('mslub', 'download', '--raw-dir', tmp_path / 'empty', '--no-splits') == 2
+    out = capsys.readouterr().out
+    assert 'lit.fe.uni-lj.si' in out and 'patient*T2W*' in out
+    with pytest.raises(FileNotFoundError, match='agree to the terms'):
+        run('mslub', 'prepare', '--raw-dir', tmp_path / 'empty', '--out-dir', tmp_path / 'o')
+
+
+def test_missing_split_files_is_a_clear_error(tmp_path):
+    raw = tmp_path / 'raw'
+    nifti(raw / 'IXI002-Guys-0828-T2.nii.gz', head((12, 12, 8))[0])
+    with pytest.raises(FileNotFoundError, match='IXI_train_fold0.csv'):
+        run('ixi', 'prepare', '--raw-dir', raw, '--out-dir', tmp_path / 'o')
+
+
+# --------------------------------------------------------------------------------------------------- LUNA16
+def write_mhd(path, vol, origin, spacing):
+    "MetaImage pair as LUNA16 ships it (.mhd header + .raw int16 data, z-major)."
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.with_suffix('.raw').write_bytes(vol.astype('<i2').tobytes())
+    path.write_text('\n'.join([
+        'ObjectType = Image', 'NDims = 3', 'BinaryData = True', 'BinaryDataByteOrderMSB = False',
+        'CompressedData = False', 'TransformMatrix = 1 0 0 0 1 0 0 0 1', f'Offset = {" ".join(map(str, origin))}',
+        'CenterOfRotation = 0 0 0', 'AnatomicalOrientation = RAI', f'ElementSpacing = {" ".join(map(str, spacing))}',
+        f'DimSize = {vol.shape[2]} {vol.shape[1]} {vol.shape[0]}', 'ElementType = MET_SHORT',
+        f'ElementDataFile = {path.with_suffix(".raw").name}']) + '\n')
+
+
+def test_luna16(tmp_path):
+    raw = tmp_path / 'raw'
+    uids = [f'1.3.6.1.4.1.14519.5.2.1.6279.6001.{i}' for i in (101, 202, 303)]
+    cands = []
+    for k, uid in enumerate(uids):
+        vol = np.full((10, 40, 40), -1000, np.int16); vol[4:7, 15:25, 15:25] = 40      # a 'nodule' block
+        origin, spacing = (-100.0, -120.0, -300.0 + k), (0.7, 0.7, 2.5)
+        write_mhd(raw / f'subset{k}' / f'{uid}.mhd', vol, origin, spacing)
+        for j in range(4):   # candidate j: class 1 at the block centre, class 0 elsewhere
+            vx, vy, vz = (20, 20, 5) if j == 0 else (8 + j, 30, 2)
+            world = [origin[0] + vx * spacing[0], origin[1] + vy * spacing[1], origin[2] + vz * spacing[2]]
+            cands.append([uid, *world, int(j == 0)])
+    write_csv(raw / 'CSVFILES' / 'candidates.csv', ['seriesuid', 'coordX', 'coordY', 'coordZ', 'class'], cands)
+    sp = raw / 'splits'; sp.mkdir()
+    w = lambda f, rows: (sp / f).write_text(''.join(f'{r}.npy\n' for r in rows))
+    # rows: scan k holds candidate rows 4k (class 1) and 4k+1..4k+3 (class 0)
+    w('normal_training_samples.txt', [1, 2, 5, 6]); w('normal_val_samples.txt', [3]); w('abnormal_val_samples.txt', [0])
+    w('normal_test_samples.txt', [9, 10, 7]); w('abnormal_test_samples.txt', [4, 8])
+    rows, prov = prepare_and_check('luna16', raw, tmp_path / 'out', '--crop-size', 16)
+    assert len(rows) == 11 and sum(r['label'] == '1' for r in rows) == 3
+    step = next(s for s in prov['steps'] if s['name'] == 'row convention'); assert step['offset'] == 0
+    a = np.load(tmp_path / 'out' / 'images' / '4.npy')
+    assert a.shape == (16, 16) and a[8, 8] == 40 and a.min() == -1000      # nodule centred, raw HU kept
+    # scan 1 has candidates in train (5, 6) and test (4, 7): the faithful split warns, the clean one drops them
+    rep = json.loads(json.dumps(__import__('uad_notebooks.prepare', fromlist=['x']).check_prepared(tmp_path / 'out')))
+    assert rep['warnings'] and not rep['errors']
+    rows, _ = prepare_and_check('luna16', raw, tmp_path / 'clean', '--crop-size', 16, '--split-variant', 'clean')
+    scans = {}
+    for r in rows: scans.setdefault(r['subject'], set()).add(r['split'])
+    assert all(len(v) == 1 for v in scans.values())
+
+
+# --------------------------------------------------------------------------------------------------- RSNA
+def write_dicom(path, arr):
+    import pydicom
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+    meta = FileMetaDataset(); meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid(); meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b'\0' * 128)
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID; ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.PatientID = path.stem; ds.Modality = 'CR'; ds.ViewPosition = 'PA'
+    ds.Rows, ds.Columns = arr.shape; ds.SamplesPerPixel = 1; ds.PhotometricInterpretation = 'MONOCHROME2'
+    ds.BitsAllocated = ds.BitsStored = 8; ds.HighBit = 7; ds.PixelRepresentation = 0
+    ds.PixelData = arr.astype(np.uint8).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True); ds.save_as(str(path), enforce_file_format=True)
+
+
+def test_rsna_pneumonia(tmp_path):
+    raw = tmp_path / 'raw'
+    pids = [f'{i:08x}-0000-4000-8000-00000000000{i % 10}' for i in range(12)]
+    classes = ['Normal'] * 6 + ['Lung Opacity'] * 4 + ['No Lung Opacity / Not Normal'] * 2
+    labels = []
+    for p, c in zip(pids, classes):
+        write_dicom(raw / 'stage_2_train_images' / f'{p}.dcm', RNG.integers(0, 255, (64, 64)))
+        labels += [[p, 10, 12, 20, 16, 1]] if c == 'Lung Opacity' else [[p, '', '', '', '', 0]]
+    write_csv(raw / 'stage_2_train_labels.csv', ['patientId', 'x', 'y', 'width', 'height', 'Target'], labels)
+    write_csv(raw / 'stage_2_detailed_class_info.csv', ['patientId', 'class'], list(zip(pids, classes)))
+    assert run('rsna_pneumonia', 'download', '--raw-dir', raw) == 0
+    rows, prov = prepare_and_check('rsna_pneumonia', raw, tmp_path / 'out', '--img-size', 32)
+    assert len(rows) == 10 and all(r['label'] == '0' for r in rows if r['split'] == 'train')
+    ab = next(r for r in rows if r['label'] == '1')
+    from PIL import Image
+    m = np.asarray(Image.open(tmp_path / 'out' / ab['mask']))
+    assert m.shape == (32, 32) and m[8, 8] == 255 and m[0, 0] == 0          # box x 10..30, y 12..28 at half scale
+    assert 'No Lung Opacity / Not Normal' in prov['steps'][0]['excluded']
+
+
+# --------------------------------------------------------------------------------------------------- Hyper-Kvasir
+def jpeg(path, arr):
+    from PIL import Image
+    path.parent.mkdir(parents=True, exist_ok=True); Image.fromarray(arr.astype(np.uint8)).save(path, quality=95)
+
+
+def test_hyper_kvasir(tmp_path):
+    raw = tmp_path / 'raw'
+    L = raw / 'labeled-images'
+    for i in range(8):
+        f = ['cecum', 'pylorus', 'z-line', 'retroflex-rectum'][i % 4]
+        organ = 'upper-gi-tract' if f in ('pylorus', 'z-line') else 'lower-gi-tract'
+        jpeg(L / organ / 'anatomical-landmarks' / f / f'n{i:04d}-aaaa.jpg', RNG.integers(0, 255, (40, 48, 3)))
+    for i in range(4):
+        stem = f'p{i:04d}-bbbb'
+        jpeg(L / 'lower-gi-tract' / 'pathological-findings' / 'polyps' / f'{stem}.jpg', RNG.integers(0, 255, (40, 48, 3)))
+        mk = np.zeros((40, 48, 3)); mk[10:20, 10:30] = 255
+        jpeg(raw / 'segmented-images' / 'masks' / f'{stem}.jpg', mk); jpeg(raw / 'segmented-images' / 'images' / f'{stem}.jpg', mk)
+    jpeg(L / 'lower-gi-tract' / 'quality-of-mucosal-views' / 'bbps-2-3' / 'q0000.jpg', RNG.integers(0, 255, (40, 48, 3)))
+    write_csv(L / 'image-labels.csv', ['Video file', 'Organ', 'Finding', 'Classification'], [['n0000-aaaa', 'Lower GI', 'cecum', 'anatomical-landmarks']])
+    rows, _ = prepare_and_check('hyper_kvasir', raw, tmp_path / 'out', '--img-size', 24)
+    assert len(rows) == 12 and sum(r['label'] == '1' for r in rows) == 4
+    assert all(r['mask'] for r in rows if r['label'] == '1')
+    from PIL import Image
+    assert np.asarray(Image.open(tmp_path / 'out' / rows[0]['image'])).shape == (24, 24, 3)
+
+
+# --------------------------------------------------------------------------------------------------- COVIDx
+def test_covid_cxr(tmp_path):
+    raw = tmp_path / 'raw'
+    lines = {'train': [], 'test': []}
+    for i in range(12):
+        split = 'train' if i < 8 else 'test'
+        cls = ['negative', 'positive', 'negative'][i % 3]
+        fn = f'img_{i}.png' if i % 2 else f'img_{i}.jpg'
+        jpeg(raw / split / fn, RNG.integers(0, 255, (30, 36)))
+        lines[split].append(f'P{i // 2} {fn} {cls} source{i % 2}')
+    (raw / 'train.txt').write_text('\n'.join(lines['train']) + '\n'); (raw / 'test.txt').write_text('\n'.join(lines['test']) + '\n')
+    rows, _ = prepare_and_check('covid_cxr', raw, tmp_path / 'out', '--img-size', 16, '--val-frac', '0.25')
+    assert all(r['label'] == '0' for r in rows if r['split'] == 'train')
+    assert {r['label'] for r in rows if r['split'] == 'test'} == {'0', '1'}
+    assert {r['split'] for r in rows} == {'train', 'val', 'test'}
+
+
+# --------------------------------------------------------------------------------------------------- NIH CXR14
+def test_nih_cxr14(tmp_path):
+    from PIL import Image
+    raw = tmp_path / 'raw'; (raw / 'images').mkdir(parents=True)
+    entries, train, test = [], [], []
+    for i in range(16):
+        name = f'{i // 2:08d}_{i % 2:03d}.png'
+        Image.fromarray(RNG.integers(0, 255, (320, 320)).astype(np.uint8)).save(raw / 'images' / name)
+        view = 'PA' if i % 4 else 'AP'
+        find = 'No Finding' if i % 3 else 'Infiltration|Effusion'
+        entries.append([name, find, 0, i // 2, 50, 'M', view, 320, 320, 0.14, 0.14])
+        (test if i >= 10 else train).append(name)
+    write_csv(raw / 'Data_Entry_2017.csv', ['Image Index', 'Finding Labels', 'Follow-up #', 'Patient ID', 'Patient Age',
+              'Patient Gender', 'View Position', 'OriginalImage[Width', 'Height]', 'OriginalImagePixelSpacing[x', 'y]'], entries)
+    (raw / 'train_val_list.txt').write_text('\n'.join(train) + '\n'); (raw / 'test_list.txt').write_text('\n'.join(test) + '\n')
+    # DPA's published lists for PA, as the download step stores them
+    sp = raw / 'splits'; sp.mkdir()
+    pa = [e for e in entries if e[6] == 'PA']
+    (sp / 'nih_PA_normal_train.txt').write_text(''.join(f'{e[0]}\n' for e in pa if e[0] in train and e[1] == 'No Finding'))
+    (sp / 'nih_PA_normal_test.txt').write_text(''.join(f'{e[0]}\n' for e in pa if e[0] in test and e[1] == 'No Finding'))
+    (sp / 'nih_PA_anomaly_test.txt').write_text(''.join(f'{e[0]}\n' for e in pa if e[0] in test and e[1] != 'No Finding'))
+    rows, prov = prepare_and_check('nih_cxr14', raw, tmp_path / 'pa', '--view', 'PA')
+    listed = sum(len((sp / f).read_text().split()) for f in ('nih_PA_normal_train.txt', 'nih_PA_normal_test.txt', 'nih_PA_anomaly_test.txt'))
+    assert len(rows) == listed and prov['split_variant'] == 'faithful' and len(prov['split_files']) == 3
+    assert not any(r['findings'] != 'No Finding' for r in rows if r['split'] == 'train')
+    assert np.asarray(Image.open(tmp_path / 'pa' / rows[0]['image'])).shape == (64, 64)
+    # the same split derived from the official lists + Data_Entry (how DPA built it) must agree with the lists
+    rows2, prov2 = prepare_and_check('nih_cxr14', raw, tmp_path / 'pa2', '--view', 'PA', '--split-variant', 'generated')
+    key = lambda rs: sorted((r['split'], r['label'], r['image']) for r in rs)
+    assert key(rows) == key(rows2)
+    rows3, prov3 = prepare_and_check('nih_cxr14', raw, tmp_path / 'ap', '--view', 'AP', '--split-variant', 'generated')
+    assert all(r['view'] == 'AP' for r in rows3) and prov3['steps'][-1]['equalize'] is True
+
+
+# --------------------------------------------------------------------------------------------------- CAMELYON16
+def wsi(path, tumour_box=None):
+    "A small single-level RGB TIFF: white background, pink tissue disc, darker purple tumour box."
+    from PIL import Image
+    yy, xx = np.mgrid[:192, :192]
+    img = np.full((192, 192, 3), 245, np.uint8)
+    img[(yy - 96) ** 2 + (xx - 96) ** 2 < 80 ** 2] = (220, 140, 200)
+    if tumour_box: y0, y1, x0, x1 = tumour_box; img[y0:y1, x0:x1] = (150, 60, 160)
+    path.parent.mkdir(parents=True, exist_ok=True); Image.fromarray(img).save(path)
+
+
+def asap_xml(path, box):
+    y0, y1, x0, x1 = box
+    pts = [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]
+    coords = ''.join(f'<Coordinate Order="{i}" X="{x}" Y="{y}" />' for i, (x, y) in enumerate(pts))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f'<?xml version="1.0"?><ASAP_Annotations><Annotations><Annotation Name="Annotation 0" '
+                    f'Type="Polygon" PartOfGroup="Tumor" Color="#F4FA58"><Coordinates>{coords}</Coordinates>'
+                    f'</Annotation></Annotations><AnnotationGroups /></ASAP_Annotations>')
+
+
+def test_camelyon16(tmp_path):
+    raw = tmp_path / 'raw'
+    box = (48, 144, 48, 144)
+    for n in ('normal_001', 'normal_002', 'normal_027'): wsi(raw / 'training' / 'normal' / f'{n}.tif')
+    wsi(raw / 'training' / 'tumor' / 'tumor_001.tif', box); asap_xml(raw / 'training' / 'lesion_annotations' / 'tumor_001.xml', box)
+    wsi(raw / 'testing' / 'images' / 'test_001.tif', box); asap_xml(raw / 'testing' / 'lesion_annotations' / 'test_001.xml', box)
+    wsi(raw / 'testing' / 'images' / 'test_002.tif')
+    (raw / 'testing' / 'reference.csv').write_text('test_001,Tumor,Macro,Primary\ntest_002,Normal\n')
+    args = ['--patch-size', 24, '--out-size', 12, '--per-slide', 5]
+    rows, prov = prepare_and_check('camelyon16', raw, tmp_path / 'gen', *args, '--split-variant', 'generated')
+    got = {(r['split'], r['label']) for r in rows}
+    assert got == {('train', '0'), ('val', '1'), ('test', '0'), ('test', '1')}
+    assert sum(r['split'] == 'train' for r in rows) == 10                      # 5 per slide, normal_027 excluded
+    assert not any(r['subject'] == 'normal_027' for r in rows)
+    for r in rows:                                                             # tumour patches lie inside the box
+        if r['label'] == '1':
+            x, y = map(int, re.search(r'_x_(\d+)_y_(\d+)', r['image']).groups())
+            assert 48 <= x and x + 24 <= 144 and 48 <= y and y + 24 <= 144
+    assert any(s['tool'].startswith('Vahadane') for s in prov['skipped'])
+    # DPA's published patch lists: exactly those patches are cut (normal/train absent -> sampled)
+    sp = raw / 'splits'; sp.mkdir()
+    (sp / 'camelyon16_anomaly_train.txt').write_text('tumor_001_tumor_x_72_y_72_w_768_h_768.jpg\n')
+    (sp / 'camelyon16_anomaly_test.txt').write_text('test_001_tumor_x_96_y_48_w_768_h_768.jpg\n')
+    (sp / 'camelyon16_normal_test.txt').write_text('test_002_normal_x_60_y_60_w_768_h_768.jpg\ntest_002_normal_x_84_y_84_w_768_h_768.jpg\n')
+    rows, prov = prepare_and_check('camelyon16', raw, tmp_path / 'faithful', *args)
+    assert [r['image'] for r in rows if r['split'] == 'val'] == ['images/tumor_001_tumor_x_72_y_72_w_24_h_24.png']
+    assert sum(r['split'] == 'test' for r in rows) == 3 and sum(r['split'] == 'train' for r in rows) == 10
+
+
+def test_every_script_has_help():
+    names = ['brats2020', 'brats2021', 'ixi', 'mslub', 'luna16', 'rsna_pneumonia', 'hyper_kvasir', 'covid_cxr',
+             'nih_cxr14', 'camelyon16']
+    for n in names:
+        s = script(n).SCRIPT
+        assert s.name == n and s.licence and s.citation and s.disk
+        assert s.resources or s.manual, f'{n}: neither an automated download nor a manual step'
+    r = subprocess.run([sys.executable, str(SCRIPTS / 'ixi.py'), 'prepare', '--help'], capture_output=True, text=True)
+    assert r.returncode == 0 and '--split-variant' in r.stdout and '--crop-shape' in r.stdout
