@@ -13,7 +13,7 @@ from typing import Callable
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path: sys.path.insert(0, str(ROOT))   # run from a checkout without `pip install -e .`
 
-from uad_notebooks.download import (ChecksumError, ManualStep, Resource, SplitFiles, fetch_resources,  # noqa: E402
+from uad_notebooks.download import (ChecksumError, ManualStep, Resource, SplitFiles, fetch_resources,  # noqa: E402,F401
                                     fetch_split_files, sha256sum)
 from uad_notebooks.prepare import Provenance, check_prepared, write_manifest  # noqa: E402
 
@@ -163,8 +163,22 @@ def run(script: DatasetScript, argv=None) -> int:
     return {'download': cmd_download, 'prepare': cmd_prepare, 'check': cmd_check}[args.command](script, args)
 
 
+def progress(iterable, desc: str, total=None):
+    "tqdm progress bar over the long loops of `prepare` (to stderr)."
+    from tqdm.auto import tqdm
+    return tqdm(iterable, desc=desc, total=total, unit='item', leave=False)
+
+
 def subject_of(name: str, pattern: str) -> str:
     "The first match of `pattern` in `name` (e.g. an IXI or BraTS id inside a split-file entry)."
     m = re.search(pattern, name)
     if not m: raise ValueError(f'cannot find a subject id ({pattern}) in {name!r}')
     return m.group(0)
+
+
+def main(script: DatasetScript, argv=None) -> int:
+    "Command-line entry: like `run`, but a bad input or a missing file prints one clear line instead of a traceback."
+    try: return run(script, argv)
+    except (FileNotFoundError, FileExistsError, ValueError, ConnectionError, RuntimeError) as e:
+        print(f'{script.name}: error: {e}', file=sys.stderr)
+        return 1

@@ -37,9 +37,10 @@ def hd_bet(img: np.ndarray):
 
 class Chain:
     "Runs the chain on one subject; records each step (and each skipped tool) once in the provenance."
-    def __init__(self, prov, args, *, resample_1mm: bool, skull_strip: str, sri24=None):
+    def __init__(self, prov, args, *, resample_1mm: bool, skull_strip: str, sri24=None, n4_mask: bool = True):
         self.prov, self.args, self.resample_1mm, self.skull_strip = prov, args, resample_1mm, skull_strip
-        self.sitk, self.ants = optional_import('SimpleITK'), optional_import('ants')
+        self.sitk, self.ants, self.n4_mask = optional_import('SimpleITK'), optional_import('ants'), n4_mask
+        self.n4 = self.sitk is not None and not getattr(args, 'no_n4', False)
         self.sri24 = sri24
         prov.step('reorient', to='RAS (nibabel as_closest_canonical; pDDPM uses RAI: same axes, flipped signs)')
         if resample_1mm: prov.step('resample 1 mm', tool='scipy.ndimage.zoom order 3 (pDDPM: ANTs B-spline)')
@@ -55,7 +56,10 @@ class Chain:
             prov.skip('N4 bias correction', 'SimpleITK not installed (pDDPM uses ANTs N4)', 'no bias correction')
             prov.skip('CurvatureFlow denoising', 'SimpleITK not installed', 'no denoising')
         else:
-            prov.step('N4', tool='SimpleITK N4BiasFieldCorrection, mask = brain')
+            if self.n4: prov.step('N4', tool='SimpleITK N4BiasFieldCorrectionImageFilter', iterations='4 x 200',
+                                  convergence=5e-4, mask='brain' if n4_mask else 'none (as pDDPM does for BraTS)',
+                                  note='pDDPM weights by the brain mask smoothed with sigma 1; a binary mask here')
+            else: prov.skip('N4 bias correction', '--no-n4 given', 'no bias correction')
             prov.step('CurvatureFlow', timeStep=0.125, iterations=3)
         prov.step('crop or pad', shape=list(args.crop_shape))
         prov.step('percentile scale', lo=1, hi=99, inside='brain mask', range='[0, 1]')
@@ -81,7 +85,7 @@ class Chain:
         arrays = [img] + ([seg.astype(np.uint8)] if seg is not None else [])
         brain, *arrays = crop_to_mask(brain.astype(np.uint8), *arrays)
         img = arrays[0]; seg = arrays[1] if seg is not None else None
-        if self.sitk is not None: img = self._n4_curvature(img, brain)
+        if self.sitk is not None: img = self._n4_curvature(img, brain)   # pDDPM: N4 offline, CurvatureFlow on load
         shape = tuple(self.args.crop_shape)
         img, brain = crop_or_pad(img, shape), crop_or_pad(brain, shape)
         seg = crop_or_pad(seg, shape) if seg is not None else None
@@ -105,8 +109,12 @@ class Chain:
 
     def _n4_curvature(self, img, brain):
         sitk = self.sitk
-        im = sitk.GetImageFromArray(img.astype(np.float32)); mk = sitk.GetImageFromArray(brain.astype(np.uint8))
-        im = sitk.N4BiasFieldCorrection(im, mk)
+        im = sitk.GetImageFromArray(img.astype(np.float32))
+        if self.n4:
+            f = sitk.N4BiasFieldCorrectionImageFilter()
+            f.SetMaximumNumberOfIterations([200] * 4); f.SetConvergenceThreshold(5e-4)
+            mk = sitk.GetImageFromArray((brain if self.n4_mask else np.ones_like(brain)).astype(np.uint8))
+            im = f.Execute(im, mk)
         im = sitk.CurvatureFlow(im, timeStep=0.125, numberOfIterations=3)
         return sitk.GetArrayFromImage(im)
 
@@ -128,6 +136,7 @@ def add_chain_arguments(p):
     p.add_argument('--crop-shape', type=int, nargs=3, default=[192, 192, 100], help='crop/pad at 1 mm (mDDPM: 192 192 100)')
     p.add_argument('--out-spacing', type=float, default=2.0, help='final voxel size in mm (pDDPM: 2 -> 96x96x50)')
     p.add_argument('--sri24', default=None, help='SRI24 T1 brain template (NIfTI) for registration; needs antspyx')
+    p.add_argument('--no-n4', action='store_true', help='skip N4 bias correction (slow; recorded as skipped)')
 
 
 def pddpm_split(lists: dict, variant: str, prov) -> dict:

@@ -10,7 +10,8 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import GEORGESCU, DatasetScript, ManualStep, SplitFiles, read_lines, record_split_files, run  # noqa: E402
+from _common import (GEORGESCU, DatasetScript, main, ManualStep, progress, read_lines, record_split_files, run,
+                     SplitFiles)  # noqa: E402
 
 import numpy as np  # noqa: E402
 from uad_notebooks.prepare import resize2d, save_image, split_subjects  # noqa: E402
@@ -95,7 +96,7 @@ def prepare(raw_dir, out_dir, args, prov):
     prov.step('intensity', what='none: the mirror is already z-scored per volume; Georgescu adds no normalisation')
     if args.img_size: prov.step('resize', size=args.img_size, order=3, masks='nearest')
     rows, mislabelled = [], 0
-    for split, label, v, s in plan:
+    for split, label, v, s in progress(plan, 'brats2020 slices'):
         img, tumour, brain = load_h5(files[v, s], args.channel)
         real = int(tumour.any())
         if label is None:
@@ -137,4 +138,4 @@ SCRIPT = DatasetScript(
     expected=lambda params: EXPECTED if params.get('split_variant') == 'faithful' and not params.get('limit') else None)
 
 if __name__ == '__main__':
-    sys.exit(run(SCRIPT))
+    sys.exit(main(SCRIPT))

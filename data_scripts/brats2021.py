@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (MDDPM, DatasetScript, ManualStep, SplitFiles, read_csv, record_split_files, run,  # noqa: E402
-                     split_dir_of, subject_of)
+from _common import (MDDPM, DatasetScript, main, ManualStep, progress, read_csv, record_split_files, run,
+                     split_dir_of, SplitFiles, subject_of)  # noqa: E402
 from _pddpm import Chain, add_chain_arguments, pddpm_split, write_subject  # noqa: E402
 from uad_notebooks.prepare import split_subjects  # noqa: E402
 
@@ -41,12 +41,12 @@ def prepare(raw_dir, out_dir, args, prov):
         record_split_files(prov, SCRIPT, sd, args.split_variant)
         lists = pddpm_split(lists, args.split_variant, prov)
     prov.step('modality', use=args.modality, segmentation='all tumour labels > 0 (whole tumour)')
-    chain = Chain(prov, args, resample_1mm=False, skull_strip='given', sri24=None)
+    chain = Chain(prov, args, resample_1mm=False, skull_strip='given', sri24=None, n4_mask=False)
     prov.note('BraTS 2021 is distributed skull-stripped, 1 mm, in SRI24 space: no resampling, stripping or registration')
     rows = []
     for split, names in lists.items():
         names = [s for s in names if s in subs]
-        for s in names[:args.limit] if args.limit else names:
+        for s in progress(names[:args.limit] if args.limit else names, f'brats2021 {split}'):
             write_subject(out_dir, split, s, *chain(*subs[s]), rows)
     return rows
 
@@ -73,4 +73,4 @@ SCRIPT = DatasetScript(
     if p.get('split_variant') == 'faithful' and not p.get('limit') else None)
 
 if __name__ == '__main__':
-    sys.exit(run(SCRIPT))
+    sys.exit(main(SCRIPT))

@@ -10,7 +10,8 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DPA, DatasetScript, ManualStep, SplitFiles, read_lines, record_split_files, run, split_dir_of  # noqa: E402
+from _common import (DPA, DatasetScript, main, ManualStep, progress, read_lines, record_split_files, run,
+                     split_dir_of, SplitFiles)  # noqa: E402
 
 import numpy as np  # noqa: E402
 from uad_notebooks.prepare import (optional_import, patch_grid, resize2d, sample_patches, save_image,  # noqa: E402
@@ -140,7 +141,7 @@ def prepare(raw_dir, out_dir, args, prov):
     missing = sorted({it[2] for it in items} - set(slides))
     if missing: raise FileNotFoundError(f'{len(missing)} slide(s) of the patch lists are not under {raw_dir}, e.g. {missing[0]}')
     rows, open_slides = [], {}
-    for split, lab, name, kind, x, y in items:
+    for split, lab, name, kind, x, y in progress(items, 'camelyon16 patches'):
         s = open_slides.get(name) or open_slides.setdefault(name, Slide(slides[name]))
         patch = resize2d(s.region(x, y, args.patch_size, args.patch_size), args.out_size, 1).clip(0, 255).astype(np.uint8)
         stem = f'{name}_{kind}_x_{x}_y_{y}_w_{args.patch_size}_h_{args.patch_size}'
@@ -175,4 +176,4 @@ SCRIPT = DatasetScript(
 SCRIPT.split_files.local = lambda split_dir, path: Path(split_dir) / f'camelyon16_{"_".join(path.split("/")[-2:])}.txt'
 
 if __name__ == '__main__':
-    sys.exit(run(SCRIPT))
+    sys.exit(main(SCRIPT))

@@ -13,7 +13,7 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DatasetScript, ManualStep, read_lines, run  # noqa: E402
+from _common import DatasetScript, main, ManualStep, progress, read_lines, run  # noqa: E402
 
 import numpy as np  # noqa: E402
 from uad_notebooks.prepare import resize2d, save_image, split_subjects, to_uint8  # noqa: E402
@@ -51,7 +51,7 @@ def prepare(raw_dir, out_dir, args, prov):
     prov.step('resize', size=args.img_size, grey='PIL convert("L")')
     rows, n = [], defaultdict(int)
     for split, items in entries.items():
-        for pid, fname, c in items:
+        for pid, fname, c in progress(items, f'covid_cxr {split}'):
             label = 0 if c in NORMAL else 1 if c in COVID else None
             if label is None or (split == 'train' and label == 1): continue
             src = next((p for p in (raw_dir / split / fname, raw_dir / 'train' / fname, raw_dir / 'test' / fname) if p.exists()), None)
@@ -85,4 +85,4 @@ SCRIPT = DatasetScript(
     prepare=prepare, add_arguments=add_arguments, expected=None)
 
 if __name__ == '__main__':
-    sys.exit(run(SCRIPT))
+    sys.exit(main(SCRIPT))

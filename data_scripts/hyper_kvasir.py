@@ -10,7 +10,7 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DatasetScript, Resource, run  # noqa: E402
+from _common import DatasetScript, main, progress, Resource, run  # noqa: E402
 
 import numpy as np  # noqa: E402
 from uad_notebooks.prepare import resize2d, save_image, split_subjects  # noqa: E402
@@ -49,7 +49,7 @@ def prepare(raw_dir, out_dir, args, prov):
     prov.step('resize', size=args.img_size, colour='RGB kept', masks=f'{len(masks)} polyp masks (JPEG, > 127)')
     rows, n = [], defaultdict(int)
     for lab, group, assign in ((0, normal, a_n), (1, abnormal, a_a)):
-        for p, organ, klass, finding in group:
+        for p, organ, klass, finding in progress(group, f'hyper_kvasir label {lab}'):
             split = assign[p.stem]
             if args.limit and n[split, lab] >= args.limit: continue
             n[split, lab] += 1
@@ -82,4 +82,4 @@ SCRIPT = DatasetScript(
     prepare=prepare, add_arguments=add_arguments, expected=None)
 
 if __name__ == '__main__':
-    sys.exit(run(SCRIPT))
+    sys.exit(main(SCRIPT))

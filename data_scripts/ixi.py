@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (MDDPM, MDDPM_ALT, DatasetScript, Resource, SplitFiles, read_csv, record_split_files,  # noqa: E402
-                     run, split_dir_of, subject_of)
+from _common import (MDDPM, MDDPM_ALT, DatasetScript, main, progress, read_csv, record_split_files, Resource,
+                     run, split_dir_of, SplitFiles, subject_of)  # noqa: E402
 from _pddpm import Chain, add_chain_arguments, pddpm_split, write_subject  # noqa: E402
 from uad_notebooks.prepare import split_subjects  # noqa: E402
 
@@ -58,7 +58,7 @@ def prepare(raw_dir, out_dir, args, prov):
     rows, done = [], {}
     for split, subs in lists.items():
         subs = [s for s in subs if s in t2][:args.limit] if args.limit else [s for s in subs if s in t2]
-        for s in subs:
+        for s in progress(subs, f'ixi {split}'):
             if s not in done: done[s] = chain(t2[s])
             write_subject(out_dir, split, s, *done[s], rows)
     return rows
@@ -91,4 +91,4 @@ SCRIPT = DatasetScript(
     prepare=prepare, add_arguments=add_arguments, expected=expected, unit='volumes')
 
 if __name__ == '__main__':
-    sys.exit(run(SCRIPT))
+    sys.exit(main(SCRIPT))

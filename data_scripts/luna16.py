@@ -10,8 +10,8 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (GEORGESCU, DatasetScript, ManualStep, SplitFiles, read_lines, record_split_files, run,  # noqa: E402
-                     split_dir_of)
+from _common import (GEORGESCU, DatasetScript, main, ManualStep, progress, read_lines, record_split_files, run,
+                     split_dir_of, SplitFiles)  # noqa: E402
 
 import numpy as np  # noqa: E402
 from uad_notebooks.prepare import save_image  # noqa: E402
@@ -104,7 +104,7 @@ def prepare(raw_dir, out_dir, args, prov):
     by_scan = defaultdict(list)
     for s, lab, i in plan: by_scan[cands[i]['seriesuid']].append((s, lab, i))
     rows = []
-    for uid, items in sorted(by_scan.items()):
+    for uid, items in progress(sorted(by_scan.items()), 'luna16 scans'):
         vol, origin, spacing = read_mhd(scans[uid])
         for s, lab, i in items:
             c = cands[i]
@@ -137,4 +137,4 @@ SCRIPT = DatasetScript(
     expected=lambda p: EXPECTED if p.get('split_variant') == 'faithful' and not p.get('limit') else None)
 
 if __name__ == '__main__':
-    sys.exit(run(SCRIPT))
+    sys.exit(main(SCRIPT))

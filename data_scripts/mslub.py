@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (MDDPM, MDDPM_ALT, DatasetScript, ManualStep, SplitFiles, read_csv, record_split_files,  # noqa: E402
-                     run, split_dir_of, subject_of)
+from _common import (MDDPM, MDDPM_ALT, DatasetScript, main, ManualStep, progress, read_csv, record_split_files,
+                     run, split_dir_of, SplitFiles, subject_of)  # noqa: E402
 from _pddpm import Chain, add_chain_arguments, pddpm_split, write_subject  # noqa: E402
 from uad_notebooks.prepare import split_subjects  # noqa: E402
 
@@ -50,7 +50,7 @@ def prepare(raw_dir, out_dir, args, prov):
     rows = []
     for split, names in lists.items():
         names = [s for s in names if s in subs]
-        for s in names[:args.limit] if args.limit else names:
+        for s in progress(names[:args.limit] if args.limit else names, f'mslub {split}'):
             t2, gt, bm = subs[s]
             write_subject(out_dir, split, s, *chain(t2, gt, bm if args.use_brainmask else None), rows)
     return rows
@@ -80,4 +80,4 @@ SCRIPT = DatasetScript(
     if p.get('split_variant') == 'faithful' and not p.get('limit') else None)
 
 if __name__ == '__main__':
-    sys.exit(run(SCRIPT))
+    sys.exit(main(SCRIPT))

@@ -10,7 +10,8 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DPA, DatasetScript, ManualStep, SplitFiles, read_csv, read_lines, run, sha256sum, split_dir_of  # noqa: E402
+from _common import (DPA, DatasetScript, main, ManualStep, progress, read_csv, read_lines, run, sha256sum,
+                     split_dir_of, SplitFiles)  # noqa: E402
 
 import numpy as np  # noqa: E402
 from uad_notebooks.prepare import center_crop, histogram_equalize, resize2d, save_image  # noqa: E402
@@ -84,7 +85,7 @@ def prepare(raw_dir, out_dir, args, prov):
               + ('histogram equalisation -> ' if eq else '') + f'resize {args.img_size}', equalize=eq,
               note='DPA normalises to [-1, 1] at load time (Normalize(0.5, 0.5))')
     rows, n = [], defaultdict(int)
-    for split, lab, name in plan:
+    for split, lab, name in progress(plan, 'nih images'):
         if args.limit and n[split, lab] >= args.limit: continue
         n[split, lab] += 1
         save_image(preprocess(load_grey(files[name]), args.img_size, eq), Path(out_dir) / 'images' / name)
@@ -121,4 +122,4 @@ SCRIPT = DatasetScript(
 SCRIPT.split_files.local = lambda split_dir, path: Path(split_dir) / local_name(path.split('/')[-3], '/'.join(path.split('/')[-2:]))
 
 if __name__ == '__main__':
-    sys.exit(run(SCRIPT))
+    sys.exit(main(SCRIPT))

@@ -10,7 +10,7 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DatasetScript, ManualStep, read_csv, run  # noqa: E402
+from _common import DatasetScript, main, ManualStep, progress, read_csv, run  # noqa: E402
 
 import numpy as np  # noqa: E402
 from uad_notebooks.prepare import resize2d, save_image, split_subjects, to_uint8  # noqa: E402
@@ -50,7 +50,7 @@ def prepare(raw_dir, out_dir, args, prov):
     prov.step('read DICOM', tool='pydicom via uad_notebooks.data.read_dicom')
     prov.step('resize', size=args.img_size, order=1, boxes='scaled with the image')
     rows, n = [], defaultdict(int)
-    for p in ids:
+    for p in progress(ids, 'rsna images'):
         split = (a_normal if p in a_normal else a_abn)[p]; label = keep[cls[p]]
         if args.limit and n[split, label] >= args.limit: continue
         n[split, label] += 1
@@ -87,4 +87,4 @@ SCRIPT = DatasetScript(
     prepare=prepare, add_arguments=add_arguments, expected=None)
 
 if __name__ == '__main__':
-    sys.exit(run(SCRIPT))
+    sys.exit(main(SCRIPT))

@@ -111,3 +111,16 @@ def test_manifest_hash_changes_with_pixels():
     assert manifest_hash(a) == manifest_hash(b)
     b.images[0, 0, 0, 0] = 1
     assert manifest_hash(a) != manifest_hash(b)
+
+
+def test_manifest_colour_images_and_healthy_ground_truth(tmp_path):
+    """in_chans=3 keeps RGB; a normal row without a mask file has real zero ground truth when the set has masks."""
+    rgb = (np.random.rand(10, 12, 3) * 255).astype(np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "a.png"); Image.fromarray(rgb).save(tmp_path / "b.png")
+    m = np.zeros((10, 12), np.uint8); m[2:5, 2:5] = 255; Image.fromarray(m).save(tmp_path / "b_mask.png")
+    (tmp_path / "manifest.csv").write_text("split,subject,label,image,mask,brain\ntest,p1,0,a.png,,\ntest,p2,1,b.png,b_mask.png,\n")
+    te = load_dataset("hyper_kvasir", "test", data_dir=tmp_path, img_size=8, in_chans=3)
+    assert te.images.shape == (2, 3, 8, 8) and te.masks.shape == (2, 1, 8, 8)
+    assert te.has_mask.tolist() == [True, True] and float(te.masks[0].sum()) == 0 and float(te.masks[1].sum()) > 0
+    grey = load_dataset("hyper_kvasir", "test", data_dir=tmp_path, img_size=8)
+    assert grey.images.shape == (2, 1, 8, 8)

@@ -116,7 +116,7 @@ def test_brats2020(tmp_path, capsys):
 
 
 # --------------------------------------------------------------------------------------------------- IXI / BraTS21 / MSLUB
-CHAIN = ['--crop-shape', 24, 24, 16]
+CHAIN = ['--crop-shape', 24, 24, 16, '--no-n4']   # N4 (only where SimpleITK is installed) takes seconds per volume
 
 
 def pddpm_csv(path, names, prefix):
@@ -247,7 +247,7 @@ def test_luna16(tmp_path):
 
 # --------------------------------------------------------------------------------------------------- RSNA
 def write_dicom(path, arr):
-    import pydicom
+    "A minimal DICOM (8-bit MONOCHROME2, like the RSNA files) written with pydicom."
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
     meta = FileMetaDataset(); meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage

@@ -2,7 +2,7 @@
 after an interrupted transfer (Range requests), `.part` files never counted as complete, safe extraction, pinned
 split files, and a script's `download` sub-command. No test needs the internet."""
 from __future__ import annotations
-import hashlib, importlib.util, io, os, sys, tarfile, threading, zipfile
+import hashlib, importlib.util, io, os, tarfile, threading, zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -188,3 +188,29 @@ def test_manual_step_instructions(tmp_path):
     with pytest.raises(FileNotFoundError, match='accept the rules'): m.check(tmp_path)
     (tmp_path / 'stage_2_train_images').mkdir(); (tmp_path / 'stage_2_train_images' / 'a.dcm').write_bytes(b'')
     assert m.check(tmp_path) == tmp_path
+
+
+def test_script_fetches_pinned_splits_and_prepare_verifies_them(server, tmp_path, capsys):
+    """brats2020.py download: split files from the (local) repository at the pinned commit, hashes recorded; a split
+    file edited afterwards makes prepare fail with a clear error."""
+    h5py = pytest.importorskip('h5py')
+    import numpy as np
+    spec = importlib.util.spec_from_file_location('ds_b20', ROOT / 'data_scripts' / 'brats2020.py')
+    mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
+    commit = mod.GEORGESCU[1]
+    paths = mod.SCRIPT.split_files.paths
+    for p in paths: server.files[f'/{mod.GEORGESCU[0]}/{commit}/{p}'] = b'volume_1_slice_0.npy\n'
+    local = LocalSplits(mod.GEORGESCU[0], commit, paths); local.base = server.url
+    mod.SCRIPT.split_files = local
+    assert mod.run(mod.SCRIPT, ['download', '--raw-dir', str(tmp_path)]) == 2   # no HDF5 placed yet: manual step
+    out = capsys.readouterr().out
+    assert 'kaggle datasets download' in out and f'@{commit[:7]}' in out
+    rec = (tmp_path / 'splits' / 'split_hashes.json').read_text()
+    assert commit in rec and len(list((tmp_path / 'splits').glob('*_samples.txt'))) == 5
+    (tmp_path / 'splits' / 'normal_val_samples.txt').write_text('volume_2_slice_0.npy\n')
+    d = tmp_path / 'data'; d.mkdir()
+    for v in (1, 2):
+        with h5py.File(d / f'volume_{v}_slice_0.h5', 'w') as f:
+            f['image'] = np.zeros((8, 8, 4)); f['mask'] = np.zeros((8, 8, 3), np.uint8)
+    with pytest.raises(ChecksumError, match='normal_val_samples.txt.*changed since'):
+        mod.run(mod.SCRIPT, ['prepare', '--raw-dir', str(tmp_path), '--out-dir', str(tmp_path / 'out')])

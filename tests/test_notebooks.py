@@ -74,3 +74,16 @@ def test_repro_notebook_layout(nb):
     for name in ("data_dir", "out_dir", "seed", "device", "smoke"):
         assert f"\n{name}" in src(code[i]), f"{nb.name}: parameter {name!r} missing"
     assert "check_parameters()" in src(code[i + 1]), f"{nb.name}: the cell after the parameters must call check_parameters()"
+
+
+@pytest.mark.parametrize("nb", REPRO, ids=lambda p: p.name)
+def test_papermill_reads_every_parameter(nb):
+    """`papermill --help-notebook` must see every parameter of the cell (a help comment with '=' breaks its parser)."""
+    import papermill as pm
+    from uad_notebooks.core import _assignments
+    cells = json.loads(nb.read_text())["cells"]
+    src = next("".join(c["source"]) if isinstance(c["source"], list) else c["source"] for c in cells
+               if "parameters" in c.get("metadata", {}).get("tags", []))
+    seen = pm.inspect_notebook(str(nb))
+    assert set(seen) == set(_assignments(src)), f"papermill cannot parse: {set(_assignments(src)) - set(seen)}"
+    assert all(p["help"] for p in seen.values()), f"{nb.name}: every parameter needs a help comment"

@@ -81,7 +81,9 @@ def test_curves_and_hist():
     line = axs[0].lines[0]
     assert line.get_xdata()[0] == 0 and line.get_xdata()[-1] == 1 and line.get_ydata()[-1] == 1
     assert len(plot_score_hist(s, y, bins=20, threshold=0.3).axes[0].patches) == 40
+    n_open = len(plt.get_fignums())
     with pytest.raises(ValueError, match="only class"): plot_pr(s, np.ones(200))
+    assert len(plt.get_fignums()) == n_open  # no empty figure left behind
     with pytest.raises(ValueError, match="NaN"): plot_score_hist(np.r_[s[:-1], np.nan], y)
 
 

@@ -167,23 +167,24 @@ def read_dicom(path) -> np.ndarray:
     if getattr(ds, "PhotometricInterpretation", "") == "MONOCHROME1": a = a.max() - a
     return a
 
-def read_image_file(path) -> np.ndarray:
-    "A PNG/JPEG/BMP/TIFF image as a float32 grey array (RGB is converted to luminance)."
+def read_image_file(path, rgb: bool = False) -> np.ndarray:
+    "A PNG/JPEG/BMP/TIFF image as float32: grey (H, W) by default (colour converted to luminance), or (H, W, 3)."
     from PIL import Image, UnidentifiedImageError
     path = Path(path)
     if not path.exists(): raise DataError(f"{path}: file not found")
     try:
         with Image.open(path) as im:
-            im = im.convert("L") if im.mode not in ("L", "I", "I;16", "F") else im
+            if rgb: im = im.convert("RGB")
+            elif im.mode not in ("L", "I", "I;16", "F"): im = im.convert("L")
             return np.asarray(im, dtype=np.float32)
     except (UnidentifiedImageError, OSError) as e: raise DataError(f"{path}: not a readable image ({e})") from e
 
-def read_array(path) -> np.ndarray:
-    "Read any supported file (NIfTI, DICOM, image, .npy) as a float32 array, by its extension."
+def read_array(path, rgb: bool = False) -> np.ndarray:
+    "Read any supported file (NIfTI, DICOM, image, .npy) as a float32 array, by its extension (`rgb` for colour images)."
     p = Path(path); name = p.name.lower()
     if name.endswith((".nii", ".nii.gz")): return read_nifti(p)
     if name.endswith(".dcm"): return read_dicom(p)
-    if name.endswith(IMAGE_EXTS): return read_image_file(p)
+    if name.endswith(IMAGE_EXTS): return read_image_file(p, rgb)
     if name.endswith(".npy"):
         if not p.exists(): raise DataError(f"{p}: file not found")
         try: return np.load(p, allow_pickle=False).astype(np.float32)
@@ -283,46 +284,58 @@ def _require_dir(data_dir, name):
     if not d.is_dir(): raise DataError(f"{name}: data_dir {d} does not exist or is not a folder")
     return d
 
-def _read_2d(path, slice_idx=None, cache=None):
+def _read_2d(path, slice_idx=None, cache=None, in_chans: int = 1) -> np.ndarray:
+    "A (C, H, W) float32 slice: from a 2-D file, or slice `slice_idx` (last axis) of a 3-D volume."
+    if in_chans not in (1, 3): raise ValueError(f"in_chans must be 1 or 3, got {in_chans}")
     if slice_idx not in (None, "", "nan"):
         if cache is not None and path in cache: vol = cache[path]
         else:
             vol = read_array(path)
-            if cache is not None: cache.clear(); cache[path] = vol  # keep one volume: rows come grouped by volume
+            if cache is not None: cache.clear(); cache[path] = vol  # one volume per column: rows come grouped by volume
         if vol.ndim != 3: raise DataError(f"{path}: a 'slice' was given but the file is {vol.ndim}-D")
         s = int(float(slice_idx))
         if not 0 <= s < vol.shape[-1]: raise DataError(f"{path}: slice {s} is outside 0..{vol.shape[-1] - 1}")
-        return vol[..., s]
-    a = read_array(path)
-    if a.ndim == 3 and a.shape[-1] in (3, 4): a = a[..., :3].mean(-1)  # colour stored as H, W, C
-    if a.ndim != 2: raise DataError(f"{path}: expected a 2-D image, got shape {a.shape}")
-    return a
+        a = vol[..., s][None]
+        return np.repeat(a, in_chans, 0) if in_chans == 3 else a
+    a = read_array(path, rgb=in_chans == 3)
+    if a.ndim == 3 and a.shape[-1] in (3, 4):  # colour stored as H, W, C (e.g. a .npy)
+        a = a[..., :3].transpose(2, 0, 1) if in_chans == 3 else a[..., :3].mean(-1)[None]
+    elif a.ndim == 2: a = np.repeat(a[None], in_chans, 0)
+    else: raise DataError(f"{path}: expected a 2-D image, got shape {a.shape}")
+    return np.ascontiguousarray(a)
 
 # %% ../nbs/01_data.ipynb #c030
 def manifest_dataset(split: str, data_dir=None, img_size: int = 64, # output size (pixels)
                      normalize: str | None = "minmax", # per-image normalisation inside the brain mask (None to keep)
                      name: str = "manifest", train_normal_only: bool = True, # UAD: train keeps label-0 rows
+                     in_chans: int = 1, # 1 (grey) or 3 (colour, e.g. Hyper-Kvasir, Camelyon16)
                      transform: Callable | None = None, **_) -> ArrayDataset:
-    "Read the prepared layout (`manifest.csv` + files) written by `data_scripts/`."
+    """Read the prepared layout (`manifest.csv` + files) written by `data_scripts/`.
+
+    Where the manifest gives masks for some rows, a normal row without a mask file has a real all-zero ground truth
+    (`has_mask` True); where it gives none, no row has pixel ground truth."""
     d = _require_dir(data_dir, name); _check_split(split)
     mf = d / "manifest.csv"
     if not mf.exists(): raise DataError(f"{name}: {mf} not found; run `python data_scripts/{name}.py prepare` first")
     with open(mf, newline="") as f: rows = list(csv.DictReader(f))
     need = {"split", "subject", "label", "image"}
     if not rows or not need <= set(rows[0]): raise DataError(f"{mf}: needs columns {sorted(need)} and at least one row")
+    any_mask = any(r.get("mask") for r in rows)
     rows = [r for r in rows if r["split"] == split and (split != "train" or not train_normal_only or int(r["label"]) == 0)]
     if not rows: raise DataError(f"{mf}: no rows for split {split!r}")
-    imgs, msks, brns, hms, metas, vcache = [], [], [], [], [], {}
+    imgs, msks, brns, hms, metas = [], [], [], [], []
+    caches = dict(image={}, mask={}, brain={})
     for r in rows:
-        img = torch.from_numpy(_read_2d(d / r["image"], r.get("slice"), vcache))[None]
+        img = torch.from_numpy(_read_2d(d / r["image"], r.get("slice"), caches["image"], in_chans))
         has_m = bool(r.get("mask")); has_b = bool(r.get("brain"))
-        m = torch.from_numpy(_read_2d(d / r["mask"], r.get("slice")))[None] if has_m else torch.zeros_like(img)
-        b = torch.from_numpy(_read_2d(d / r["brain"], r.get("slice")))[None] if has_b else torch.ones_like(img)
+        m = torch.from_numpy(_read_2d(d / r["mask"], r.get("slice"), caches["mask"])) if has_m else torch.zeros_like(img[:1])
+        b = torch.from_numpy(_read_2d(d / r["brain"], r.get("slice"), caches["brain"])) if has_b else torch.ones_like(img[:1])
         for what, t in (("mask", m), ("brain", b)):
-            if t.shape != img.shape: raise DataError(f"{d / r[what]}: {what} shape {tuple(t.shape[1:])} differs from its image {d / r['image']} shape {tuple(img.shape[1:])}")
+            if t.shape[1:] != img.shape[1:]: raise DataError(f"{d / r[what]}: {what} shape {tuple(t.shape[1:])} differs from its image {d / r['image']} shape {tuple(img.shape[1:])}")
         img = _norm_slice(img, (b > 0) if has_b else torch.zeros_like(b, dtype=torch.bool), normalize)
         imgs.append(resize(img, img_size)); msks.append(resize((m > 0).float(), img_size, "nearest"))
-        brns.append(resize((b > 0).float(), img_size, "nearest")); hms.append(has_m)
+        brns.append(resize((b > 0).float(), img_size, "nearest"))
+        hms.append(has_m or (any_mask and int(r["label"]) == 0))
         metas.append({k: r[k] for k in ("image", "slice") if r.get(k) not in (None, "")})
     return ArrayDataset(torch.stack(imgs), [int(r["label"]) for r in rows], torch.stack(msks), torch.stack(brns),
                         [r["subject"] for r in rows], hms, transform, metas, name)
@@ -362,7 +375,7 @@ register_dataset("nifti", nifti_dataset)
 
 # %% ../nbs/01_data.ipynb #c035
 def folder_dataset(split: str, data_dir=None, img_size: int = 64, labels_csv: str = "labels.csv",
-                   fractions=(0.6, 0.2, 0.2), seed: int = 0, normalize: str | None = "minmax",
+                   fractions=(0.6, 0.2, 0.2), seed: int = 0, normalize: str | None = "minmax", in_chans: int = 1,
                    transform: Callable | None = None, name: str = "folder", **_) -> ArrayDataset:
     "Images (PNG/JPEG/DICOM/NPY) listed in `labels.csv` (file,label[,split][,subject][,mask])."
     d = _require_dir(data_dir, name); _check_split(split)
@@ -382,10 +395,10 @@ def folder_dataset(split: str, data_dir=None, img_size: int = 64, labels_csv: st
     man = [dict(split=split, subject=r["subject"], label=r["label"], image=r["file"], mask=r.get("mask", ""), brain="") for r in rows]
     imgs, msks, hms = [], [], []
     for r in man:
-        img = torch.from_numpy(_read_2d(d / r["image"]))[None]
-        m = torch.from_numpy(_read_2d(d / r["mask"]))[None] if r["mask"] else torch.zeros_like(img)
-        if m.shape != img.shape: raise DataError(f"{d / r['mask']}: mask shape {tuple(m.shape[1:])} differs from its image {d / r['image']} shape {tuple(img.shape[1:])}")
-        imgs.append(resize(_norm_slice(img, torch.zeros_like(img, dtype=torch.bool), normalize), img_size))
+        img = torch.from_numpy(_read_2d(d / r["image"], in_chans=in_chans))
+        m = torch.from_numpy(_read_2d(d / r["mask"])) if r["mask"] else torch.zeros_like(img[:1])
+        if m.shape[1:] != img.shape[1:]: raise DataError(f"{d / r['mask']}: mask shape {tuple(m.shape[1:])} differs from its image {d / r['image']} shape {tuple(img.shape[1:])}")
+        imgs.append(resize(_norm_slice(img, torch.zeros_like(img[:1], dtype=torch.bool), normalize), img_size))
         msks.append(resize((m > 0).float(), img_size, "nearest")); hms.append(bool(r["mask"]))
     return ArrayDataset(torch.stack(imgs), [r["label"] for r in man], torch.stack(msks), None, [r["subject"] for r in man],
                         hms, transform, [dict(image=r["image"]) for r in man], name)

@@ -62,7 +62,7 @@ def mni152_anatomy() -> dict:
     return anat
 
 # %% ../nbs/02_demo_data.ipynb #c011
-DEMO_VERSION = 1   # bump when the generator's output changes
+DEMO_VERSION = 2   # bump when the generator's output changes
 SPLITS = ("train", "val", "test")
 SIZES = {"small": dict(train=12, val=8, test=12),         # subjects per split (x 12 slices each)
          "default": dict(train=84, val=26, test=50)}
@@ -252,12 +252,12 @@ def make_subject(rng, img_size=64, n_lesions=0, cfg=DemoConfig()):
     bias = bias_field(rng, img.shape, cfg)
     noise = rng.standard_normal((2,) + img.shape) * rng.uniform(*cfg.noise) * top
     min_px = min_lesion_px(img_size, cfg)
-    for _ in range(20):                                 # redraw until the lesions show in at least one slice
+    for _ in range(50):                   # redraw until the subject has both abnormal and normal slices
         out, mask, kinds = img, np.zeros(img.shape, bool), []
         for _ in range(n_lesions):
             out, m, kind = add_lesion(rng, out, grid, brain, tissue["wm"], wm_level, contrast, cfg)
             mask, kinds = mask | m, kinds + [kind]
-        if n_lesions == 0 or (mask.sum((1, 2)) >= min_px).any(): break
+        if n_lesions == 0 or 0 < (mask.sum((1, 2)) >= min_px).sum() < len(mask): break
     render = lambda x: rician_noise(x * bias, noise) * brain                  # bias, noise, skull-stripping
     image, healthy = render(out), render(img)
     scale = 0.85 / np.percentile(healthy[brain], 99.5)

@@ -7,7 +7,7 @@ __all__ = ['ViTClassifier', 'layer_id', 'layer_decay_groups', 'augment_maps', 'M
            'mae_uad_demo']
 
 # %% ../nbs/13_mae_uad.ipynb #c002
-import copy, math
+import math
 from pathlib import Path
 
 import torch
@@ -16,7 +16,6 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .masking import patchify
 from .mae import MAE, PatchEmbed, Block, sincos_pos_embed_2d, mae_vit_base_patch16, mae_luna16, mae_demo
 from .pseudo_abnormal import PseudoAbnormal
 
@@ -105,7 +104,7 @@ class MAEUAD(nn.Module):
     def __init__(self, img_size: int = 224,     # side of the square input
                  patch_size: int = 16,          # side p of a patch
                  in_chans: int = 1,             # image channels
-                 mae: MAE | None = None,        # the MAE (default: ViT-B/16 sized for img_size)
+                 mae: MAE | None = None,        # the MAE (default: ViT-B widths for this img_size / patch_size)
                  mask_ratio: float = 0.75,      # masks of the reconstruction step (README: 0.85 for BraTS, 0.75 LUNA16)
                  k: int = 4,                    # reconstructions averaged per image
                  drop_path: float = 0.1,        # classifier stochastic depth
@@ -119,7 +118,7 @@ class MAEUAD(nn.Module):
                  pseudo: PseudoAbnormal | None = None, # the pseudo-abnormal module (default: the paper's rule)
                 ):
         super().__init__()
-        mae = mae if mae is not None else mae_vit_base_patch16(img_size=img_size, in_chans=in_chans)
+        mae = mae if mae is not None else MAE(img_size=img_size, patch_size=patch_size, in_chans=in_chans)  # ViT-B widths
         if (mae.img_size, mae.patch_size, mae.in_chans) != (img_size, patch_size, in_chans):
             raise ValueError(f"MAEUAD: the MAE has img_size={mae.img_size}, patch_size={mae.patch_size}, "
                              f"in_chans={mae.in_chans}; expected {img_size}, {patch_size}, {in_chans}")

@@ -7,7 +7,6 @@ __all__ = ['patchify', 'unpatchify', 'random_masking', 'mask_to_image']
 
 # %% ../nbs/10_masking.ipynb #c002
 import torch
-import torch.nn.functional as F
 
 # %% ../nbs/10_masking.ipynb #c007
 def patchify(x: torch.Tensor, # images (B, C, H, W); H and W divisible by `patch_size`

@@ -241,25 +241,24 @@ def plot_memory_mass(model, x_normal, x_abnormal, masks_abnormal, n_show: int = 
     mn, ma = model.memory_mass_map(x_normal).cpu(), model.memory_mass_map(x_abnormal).cpu()   # (B, depth, h, w)
     lesion = torch.nn.functional.avg_pool2d(masks_abnormal.float().cpu(), p) > 0.25           # (B, 1, h, w)
     n_show = min(n_show, len(x_normal), len(x_abnormal))
-    fig, ax = plt.subplots(2, 2 * n_show + 1, figsize=(2.1 * (2 * n_show + 1), 4.4), squeeze=False)
+    fig = plt.figure(figsize=(1.9 * 2 * n_show + 3.6, 4.2), layout="constrained")
+    gs = fig.add_gridspec(2, 2 * n_show + 2, width_ratios=[1] * (2 * n_show) + [0.08, 2.4])
     vmax = float(max(mn.mean(1).max(), ma.mean(1).max()))
     for r, (xs, mm, name) in enumerate(((x_normal, mn, "normal"), (x_abnormal, ma, "abnormal"))):
         for i in range(n_show):
-            ax[r, 2 * i].imshow(xs[i, 0].cpu(), cmap="gray"); ax[r, 2 * i].set_title(f"{name} {i}", fontsize=8)
-            if r: ax[r, 2 * i].contour(masks_abnormal[i, 0].cpu(), levels=[0.5], colors="r", linewidths=0.7)
-            im = ax[r, 2 * i + 1].imshow(mm[i].mean(0), cmap="magma", vmin=0, vmax=vmax)
-            ax[r, 2 * i + 1].set_title("mass on memory", fontsize=8)
-        for a in ax[r, :-1]: a.axis("off")
-    fig.colorbar(im, ax=ax[:, -2].tolist(), fraction=0.05)
+            a, b = fig.add_subplot(gs[r, 2 * i]), fig.add_subplot(gs[r, 2 * i + 1])
+            a.imshow(xs[i, 0].cpu(), cmap="gray"); a.set_title(f"{name} {i}", fontsize=8)
+            if r: a.contour(masks_abnormal[i, 0].cpu(), levels=[0.5], colors="r", linewidths=0.7)
+            im = b.imshow(mm[i].mean(0), cmap="magma", vmin=0, vmax=vmax); b.set_title("mass on memory", fontsize=8)
+            a.axis("off"); b.axis("off")
+    fig.colorbar(im, cax=fig.add_subplot(gs[:, 2 * n_show]))
     blocks = torch.arange(mn.shape[1]) + 1
-    groups = {"normal images": mn.mean((0, 2, 3)),
-              "abnormal: lesion patches": torch.stack([ma[:, b][lesion[:, 0]].mean() for b in range(ma.shape[1])]),
-              "abnormal: other patches": torch.stack([ma[:, b][~lesion[:, 0]].mean() for b in range(ma.shape[1])])}
-    gs = ax[0, -1].get_gridspec(); ax[0, -1].remove(); ax[1, -1].remove()
-    bx = fig.add_subplot(gs[:, -1])
+    per_block = lambda sel: torch.stack([ma[:, b][sel].mean() for b in range(ma.shape[1])])
+    groups = {"normal images": mn.mean((0, 2, 3)), "abnormal: lesion patches": per_block(lesion[:, 0]),
+              "abnormal: other patches": per_block(~lesion[:, 0])}
+    bx = fig.add_subplot(gs[:, 2 * n_show + 1])
     for j, (k, v) in enumerate(groups.items()): bx.bar(blocks + 0.27 * (j - 1), v, width=0.27, label=k)
     bx.set(xlabel="encoder block", ylabel="mean mass on memory", xticks=blocks.tolist()); bx.legend(fontsize=7)
-    fig.tight_layout()
     return fig, {k: v.tolist() for k, v in groups.items()}
 
 def plot_gates(model, x):

@@ -261,28 +261,52 @@ def _hist_metrics_batch(pos, neg):
     return auroc, ap, (2 * tp / (tp + fp + P)).max(1)
 
 # %% ../nbs/03_metrics.ipynb #c034
-def _pixel_pass(s, m, b, q, codes, n_groups, blocks, threshold, per_volume):
+def _sparse_hist(key, nb):
+    "(keys, counts) of the in-brain keys of one volume: `np.unique` for few pixels, `np.bincount` for many."
+    if key.size > nb:
+        h = np.bincount(key, minlength=2 * nb + 1)[:-1]
+        u = np.flatnonzero(h)
+        return u, h[u]
+    u, c = np.unique(key, return_counts=True)
+    return (u[:-1], c[:-1]) if u.size and u[-1] == 2 * nb else (u, c)
+
+def _volume_metrics(pieces):
+    "(AUROC, AUPRC, best Dice) of one volume from its sparse histogram pieces; None when it has no lesion pixel."
+    u, c = np.concatenate([p[0] for p in pieces]), np.concatenate([p[1] for p in pieces]).astype(np.float64)
+    if len(pieces) > 1: u, inv = np.unique(u, return_inverse=True); c = np.bincount(inv, weights=c)
+    lab = u & 1
+    if not (c * lab).any(): return None
+    bins, inv = np.unique(u >> 1, return_inverse=True)
+    pos, neg = np.bincount(inv, c * lab, bins.size), np.bincount(inv, c * (1 - lab), bins.size)
+    if neg.sum() == 0: return (np.nan, 1.0, 1.0)  # lesion everywhere: no AUROC
+    return tuple(float(v[0]) for v in _hist_metrics_batch(pos[None], neg[None]))
+
+def _pixel_pass(s, m, b, q, codes, groups, threshold, per_volume):
     "One pass over the pixels: pooled class histogram, per-volume (AUROC, AUPRC, best Dice), per-group counts at `threshold`."
-    hist, per_vol = np.zeros(2 * q.nb, np.int64), []
-    counts = np.zeros((n_groups, 3), np.int64)  # per group: TP, predicted, positives at `threshold`
-    step = max(1, _CHUNK // s.shape[1])
-    for rows in blocks:
-        h = np.zeros(2 * q.nb + 1, np.int64)
-        for j in range(0, len(rows), step):
-            r = rows[j:j + step]
-            if r[-1] - r[0] == len(r) - 1: r = slice(r[0], r[-1] + 1)  # contiguous rows: a view, no copy
-            x, mm, bb = s[r], m[r], None if b is None else b[r]
-            h += np.bincount(_pixel_key(x, mm, bb, q).ravel(), minlength=2 * q.nb + 1)
-            if threshold is not None:
-                inb = True if bb is None else bb > 0.5
-                pr, gt = (x > threshold) & inb, (mm > 0.5) & inb
-                np.add.at(counts, codes[r], np.stack([(pr & gt).sum(1), pr.sum(1), gt.sum(1)], 1))
-        h = h[:-1]  # drop the out-of-brain bin
-        hist += h
-        if per_volume and h[1::2].sum() > 0:  # volumes with a lesion pixel only
-            if h[0::2].sum() == 0: per_vol.append((np.nan, 1.0, 1.0))
-            else: per_vol.append(tuple(float(v[0]) for v in _hist_metrics_batch(h[None, 1::2], h[None, 0::2])))
-    return hist, per_vol, counts
+    hist, per_vol = np.zeros(2 * q.nb + 1, np.int64), []
+    counts = np.zeros((int(codes.max()) + 1, 3), np.int64)  # per group: TP, predicted, positives at `threshold`
+    order = np.concatenate(groups) if per_volume else np.arange(len(s))  # rows sorted by volume
+    step, pending, cur = max(1, _CHUNK // s.shape[1]), [], None
+    for i in range(0, len(order), step):
+        r = order[i:i + step]
+        if (np.diff(r) == 1).all(): r = slice(r[0], r[-1] + 1)  # consecutive rows: a view, no copy
+        x, mm, bb = s[r], m[r], None if b is None else b[r]
+        key = _pixel_key(x, mm, bb, q)
+        hist += np.bincount(key.ravel(), minlength=2 * q.nb + 1)
+        if threshold is not None:
+            inb = True if bb is None else bb > 0.5
+            pr, gt = (x > threshold) & inb, (mm > 0.5) & inb
+            np.add.at(counts, codes[r], np.stack([(pr & gt).sum(1), pr.sum(1), gt.sum(1)], 1))
+        if per_volume:  # a volume may straddle chunks: collect its pieces until the next volume starts
+            cr = codes[r]
+            cuts = np.r_[0, np.flatnonzero(np.diff(cr)) + 1, len(cr)]
+            for a, e in zip(cuts[:-1], cuts[1:]):
+                if cr[a] != cur:
+                    if pending: per_vol.append(_volume_metrics(pending))
+                    pending, cur = [], cr[a]
+                pending.append(_sparse_hist(key[a:e].ravel(), q.nb))
+    if pending: per_vol.append(_volume_metrics(pending))
+    return hist[:-1], [v for v in per_vol if v is not None], counts
 
 # %% ../nbs/03_metrics.ipynb #c035
 def pixel_metrics(maps,                  # (N,1,H,W) or (N,H,W) anomaly maps of the test images
@@ -313,16 +337,14 @@ def pixel_metrics(maps,                  # (N,1,H,W) or (N,H,W) anomaly maps of 
         if threshold is not None: raise ValueError("give either `healthy_maps` or `threshold`, not both")
         threshold = threshold_at_fpr(healthy_maps, fpr, healthy_brains)
     q = _quantiser(s, b, lo, hi, n_bins)
-    n, step = len(s), max(1, _CHUNK // s.shape[1])
+    n = len(s)
     if subjects is not None:
         sub = to_numpy(subjects, "subjects").ravel()
         if sub.size != n: raise ValueError(f"`subjects` has {sub.size} entries but `maps` has {n} images")
         codes = np.unique(sub, return_inverse=True)[1]
     else: codes = np.arange(n)
     groups = _rows_by_group(codes, int(codes.max()) + 1) if subjects is not None or n_boot else None
-    # with subjects one block per subject (its own histogram); otherwise chunks of images
-    blocks = groups if subjects is not None else [np.arange(i, min(i + step, n)) for i in range(0, n, step)]
-    hist, per_vol, counts = _pixel_pass(s, m, b, q, codes, int(codes.max()) + 1, blocks, threshold, subjects is not None)
+    hist, per_vol, counts = _pixel_pass(s, m, b, q, codes, groups, threshold, subjects is not None)
     pos, neg = hist[1::2], hist[0::2]
     if pos.sum() == 0: raise ValueError("`masks` hold no positive pixel (inside the brain): pixel metrics need lesions")
     if neg.sum() == 0: raise ValueError("`masks` cover every (in-brain) pixel: pixel metrics need normal pixels too")

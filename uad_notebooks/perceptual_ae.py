@@ -17,7 +17,7 @@ from .perceptual import PerceptualLoss, relative_l1
 __all__ = ['NIH_LAYERS', 'CIFAR10_CFG', 'DPA_RECIPES', 'lrelu', 'PreActBlock', 'init_weights', 'PGEncoder', 'PGDecoder',
            'stage_names', 'parse_stage', 'default_layers', 'PerceptualAE', 'resize_to', 'dpa_nih_pa', 'dpa_nih_ap',
            'dpa_nih_subset', 'dpa_camelyon16', 'dpa_cifar10', 'dpa_demo', 'stage_steps', 'center_crop',
-           'equalize_histogram', 'nih_transform', 'camelyon_train_crop']
+           'equalize_histogram', 'nih_transform', 'camelyon_train_crop', 'dpa_datasets']
 
 # %% ../nbs/31_perceptual_ae.ipynb #c006
 def lrelu() -> nn.Module: return nn.LeakyReLU(0.2)
@@ -323,3 +323,66 @@ def camelyon_train_crop(item: dict, size: int = 64) -> dict:
     out = dict(item, image=x)
     for k in ("mask", "brain"): out[k] = item[k][..., t:t + size, l:l + size]
     return out
+
+# %% ../nbs/31_perceptual_ae.ipynb #c034
+def _retensor(ds, images, name):
+    "A copy of ArrayDataset `ds` with new images (masks and brains resized to match)."
+    from uad_notebooks.data import ArrayDataset
+    fit = lambda m: F.interpolate(m, size=images.shape[-2:], mode="nearest")
+    return ArrayDataset(images, ds.labels, fit(ds.masks), fit(ds.brains), ds.subjects, ds.has_mask, None, ds.meta, name)
+
+def _nih_view_filter(ds, data_dir, view):
+    import csv
+    from pathlib import Path
+    with open(Path(data_dir) / "manifest.csv", newline="") as f: rows = list(csv.DictReader(f))
+    col = next((c for c in ("view", "view_position", "View Position") if rows and c in rows[0]), None)
+    if col is None: raise ValueError(f"nih_cxr14 view={view!r}: {data_dir}/manifest.csv has no 'view' column to filter on")
+    keep_files = {r["image"] for r in rows if r[col].strip().upper() == view.upper()}
+    return ds.subset(torch.tensor([m.get("image") in keep_files for m in ds.meta]))
+
+def dpa_datasets(dataset: str = "demo", # 'demo', 'nih_cxr14', 'camelyon16' or 'cifar10'
+                 data_dir: str = "", # prepared data folder (empty: the demo cache)
+                 view: str = "pa", # nih_cxr14: 'pa', 'ap' or 'subset'
+                 normal_class: int = 0, # cifar10: the normal class
+                 demo_size: str = "default", # demo: 'small' or 'default'
+                 seed: int = 0) -> dict:
+    "{'train', 'val', 'test'} datasets of `dataset` with the paper's preprocessing (val is None where there is none)."
+    from uad_notebooks.data import load_dataset, ArrayDataset
+    if dataset not in ("demo", "nih_cxr14", "camelyon16", "cifar10"):
+        raise ValueError(f"dataset={dataset!r}; use 'demo', 'nih_cxr14', 'camelyon16' or 'cifar10'")
+    if dataset == "demo":
+        return {s: load_dataset("demo", s, data_dir=data_dir or None, size=demo_size, seed=seed, progress=False) for s in ("train", "val", "test")}
+    if dataset == "cifar10":
+        import torchvision
+        if normal_class not in range(10): raise ValueError(f"normal_class must be 0..9, got {normal_class!r}")
+        out = {}
+        for split, is_train in (("train", True), ("test", False)):
+            try: d = torchvision.datasets.CIFAR10(data_dir, train=is_train, download=False)
+            except RuntimeError as e: raise FileNotFoundError(f"cifar10: no CIFAR-10 in data_dir={data_dir!r} (torchvision layout cifar-10-batches-py); download it there first") from e
+            x = torch.from_numpy(d.data).permute(0, 3, 1, 2).float() / 255
+            y = (torch.tensor(d.targets) != normal_class).long()
+            if is_train: x, y = x[y == 0], y[y == 0]
+            out[split] = ArrayDataset(x, y, subjects=[f"cifar10-{split}-{i}" for i in range(len(y))], name=f"cifar10-{split}")
+        return dict(train=out["train"], val=None, test=out["test"])
+    if not data_dir: raise ValueError(f"dataset={dataset!r} needs data_dir (prepare it with data_scripts/ first)")
+    if dataset == "nih_cxr14":
+        out = {}
+        for s in ("train", "val", "test"):
+            try: d = load_dataset("nih_cxr14", s, data_dir=data_dir, img_size=300)
+            except ValueError:
+                if s == "val": out[s] = None; continue
+                raise
+            if view in ("pa", "ap"): d = _nih_view_filter(d, data_dir, view)
+            out[s] = _retensor(d, nih_transform(d.images, view), f"nih_cxr14-{view}-{s}")
+        return out
+    if dataset == "camelyon16":
+        out = {}
+        for s in ("train", "val", "test"):
+            try: d = load_dataset("camelyon16", s, data_dir=data_dir, img_size=192)
+            except ValueError:
+                if s == "val": out[s] = None; continue
+                raise
+            if s == "train": d.transform = camelyon_train_crop
+            else: d = _retensor(d, center_crop(d.images, 64), f"camelyon16-{s}")
+            out[s] = d
+        return out

@@ -75,8 +75,8 @@ def _ax(ax, figsize=(4, 3.5)):
 
 def plot_roc(scores, labels, ax=None, label=None) -> Figure:
     "ROC curve with its AUROC in the legend; draws into `ax` when given."
+    c, m = roc_pr_curves(scores, labels), image_metrics(scores, labels)  # validates before drawing
     fig, ax = _ax(ax)
-    c, m = roc_pr_curves(scores, labels), image_metrics(scores, labels)
     ax.plot(c["fpr"], c["tpr"], label=f"{label + ' ' if label else ''}AUROC {m['auroc']:.3f}")
     ax.plot([0, 1], [0, 1], "k:", lw=0.8)
     ax.set(xlabel="false-positive rate", ylabel="true-positive rate", xlim=(0, 1), ylim=(0, 1.01), title="ROC")
@@ -85,8 +85,8 @@ def plot_roc(scores, labels, ax=None, label=None) -> Figure:
 
 def plot_pr(scores, labels, ax=None, label=None) -> Figure:
     "Precision-recall curve (step) with AP in the legend and the prevalence as a baseline."
+    c, m = roc_pr_curves(scores, labels), image_metrics(scores, labels)  # validates before drawing
     fig, ax = _ax(ax)
-    c, m = roc_pr_curves(scores, labels), image_metrics(scores, labels)
     ax.step(c["recall"], c["precision"], where="post", label=f"{label + ' ' if label else ''}AP {m['ap']:.3f}")
     ax.axhline(m["n_abnormal"] / m["n"], color="k", ls=":", lw=0.8)
     ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.01), title="precision-recall")
@@ -95,10 +95,10 @@ def plot_pr(scores, labels, ax=None, label=None) -> Figure:
 
 def plot_score_hist(scores, labels, ax=None, bins: int = 30, threshold=None, label=None) -> Figure:
     "Histograms of the scores of normal and abnormal items on shared bins; optional threshold line."
-    fig, ax = _ax(ax)
     s, y = to_numpy(scores, "scores").ravel().astype(np.float64), to_numpy(labels, "labels").ravel()
     if s.size != y.size: raise ValueError(f"`labels` has {y.size} entries but `scores` has {s.size}")
     if not np.isfinite(s).all(): raise ValueError("`scores` holds NaN or infinite values")
+    fig, ax = _ax(ax)
     edges = np.histogram_bin_edges(s, bins)
     for cls, name in ((0, "normal"), (1, "abnormal")):
         if (y == cls).any(): ax.hist(s[y == cls], edges, alpha=0.55, label=f"{name} (n={(y == cls).sum()})")
