@@ -6,7 +6,7 @@ import torch
 
 from uad_notebooks.mae import Attention, Block
 from uad_notebooks.memory import MemoryAttention, CrossAttention, MultiLevelCrossAttention, memory_mass
-from uad_notebooks.memmc_mae import MemMCMAE, MemoryBlock, memmc_mae_demo, memmc_mae_paper, masked_mse
+from uad_notebooks.memmc_mae import MemMCMAE, MemoryBlock, memmc_mae_demo, memmc_mae_paper, masked_mse, top_mean
 
 TINY = dict(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=4, decoder_embed_dim=32, decoder_depth=2,
             decoder_num_heads=4, n_mem=4)
@@ -117,6 +117,17 @@ def test_pinned_numbers():
 def test_masked_mse_only_counts_hidden_patches():
     pred, target = torch.tensor([[[1.], [3.], [5.]]]), torch.zeros(1, 3, 1)
     assert masked_mse(pred, target, torch.tensor([[0., 1., 1.]])).item() == pytest.approx(17.0)
+
+
+def test_top_mean_score():
+    maps = torch.tensor([[[[0., 1.], [2., 9.]]], [[[4., 4.], [4., 4.]]]])
+    torch.testing.assert_close(top_mean(maps, 1.0), torch.tensor([3., 4.]))
+    torch.testing.assert_close(top_mean(maps, 0.25), torch.tensor([9., 4.]))
+    torch.manual_seed(0)
+    model = MemMCMAE(**TINY, score_top=0.1).eval()
+    x = torch.rand(2, 1, 32, 32)
+    torch.testing.assert_close(model.anomaly_score(x), top_mean(model.anomaly_map(x), 0.1))
+    with pytest.raises(ValueError, match="score_top"): MemMCMAE(**TINY, score_top=0.0)
 
 
 def test_training_reduces_loss():

@@ -99,7 +99,7 @@ def evaluate(model, test_ds, # the method and its test set (both classes needed)
     if pixel and not has_masks: raise ValueError(f"{name}: pixel metrics need ground-truth masks, and this test set has none")
     pred = predict(model, test_ds, batch_size, device, maps=pixel, progress=progress)
     res = Metrics(n_test=len(pred.labels), n_abnormal=int(pred.labels.sum()),
-                  image=image_metrics(pred.scores, pred.labels, n_boot=n_boot, seed=seed))
+                  image=image_metrics(pred.scores, pred.labels, n_boot=n_boot, seed=seed, groups=pred.subjects))
     if pixel:
         healthy = {}
         if val_ds is not None:

@@ -112,6 +112,7 @@ class MAEUAD(nn.Module):
                  smoothing: float = 0.1,        # label smoothing of the classifier loss
                  augment: bool = True,          # crop / flip / erase the difference maps in classifier training
                  crop_scale: tuple[float, float] = (0.08, 1.0), # classifier: area range of the random resized crop
+                 erase_p: float = 0.25,         # classifier: chance of random erasing (a box of N(0, 1) noise)
                  mae_crop_scale: tuple[float, float] = (0.7, 1.0), # MAE pre-training: crop area range (+ flip)
                  score: str = "classifier",     # 'classifier' (the method) or 'recon' (ablation: mean |x - x_hat|)
                  test_seed: int = 0,            # seed of the masks when no generator is given (reproducible scores)
@@ -131,11 +132,11 @@ class MAEUAD(nn.Module):
                                         len(mae.blocks), blk.attn.num_heads, blk.mlp.fc1.out_features / blk.mlp.fc1.in_features,
                                         drop_path=drop_path)
         self.layer_decay, self.smoothing, self.augment, self.crop_scale = layer_decay, smoothing, augment, crop_scale
-        self.mae_crop_scale = mae_crop_scale
+        self.mae_crop_scale, self.erase_p = mae_crop_scale, erase_p
         self.score, self.test_seed = score, test_seed
         self.pseudo = pseudo if pseudo is not None else PseudoAbnormal()
-        self.stage, self.classifier_initialised = "mae", False
-        self._selection = None
+        self.classifier_initialised, self._selection = False, None
+        self.set_stage("mae")                                     # only the MAE trains until set_stage("classifier")
 
 # %% ../nbs/13_mae_uad.ipynb #c017
 def _set_stage(self: MAEUAD, stage: str) -> MAEUAD:
@@ -155,7 +156,7 @@ def _training_loss(self: MAEUAD, batch: dict):
         if self.augment and self.training: x = augment_maps(x, scale=self.mae_crop_scale, erase_p=0.)
         return self.mae.training_loss({"image": x})
     d, y = batch["image"], batch["label"].long()
-    if self.augment and self.training: d = augment_maps(d, scale=self.crop_scale)
+    if self.augment and self.training: d = augment_maps(d, scale=self.crop_scale, erase_p=self.erase_p)
     logits = self.classifier(d)
     loss = F.cross_entropy(logits, y, label_smoothing=self.smoothing)
     return {"loss": loss, "acc": (logits.argmax(1) == y).float().mean()}

@@ -105,10 +105,11 @@ def to_vgg_input(x: torch.Tensor, # (B, C, H, W) with C = 1 or 3
 def relative_l1(f_real: torch.Tensor, # (B, C, h, w) features of the real image
                 f_fake: torch.Tensor, # (B, C, h, w) features of the reconstruction
                 reduction: str = "mean", # "mean" (scalar), "none" (B,) or "pixel" (B, 1, h, w)
+                relative: bool = True, # False: the plain mean L1 of the features (an ablation, not the paper)
                 eps: float = 1e-8) -> torch.Tensor:
     "Relative L1 `|f_real - f_fake|_1 / |f_real|_1` per image; the denominator carries no gradient."
     if f_real.shape != f_fake.shape: raise ValueError(f"feature shapes differ: {tuple(f_real.shape)} vs {tuple(f_fake.shape)}")
-    denom = f_real.detach().abs().mean(dim=(1, 2, 3)).clamp_min(eps)  # (B,)
+    denom = f_real.detach().abs().mean(dim=(1, 2, 3)).clamp_min(eps) if relative else f_real.new_ones(len(f_real))  # (B,)
     diff = (f_real - f_fake).abs()
     if reduction == "pixel": return diff.mean(1, keepdim=True) / denom.view(-1, 1, 1, 1)
     per_image = diff.mean(dim=(1, 2, 3)) / denom
@@ -158,12 +159,13 @@ def _features(self, x: torch.Tensor, layers=None, standardize: bool = True) -> d
             out[n] = (h - getattr(self, f"mean_{n}").view(1, -1, 1, 1)) / getattr(self, f"std_{n}").view(1, -1, 1, 1) if standardize else h
     return out
 
-def _forward(self, x: torch.Tensor, x_hat: torch.Tensor, reduction: str = "mean", layer: str | None = None) -> torch.Tensor:
+def _forward(self, x: torch.Tensor, x_hat: torch.Tensor, reduction: str = "mean", layer: str | None = None,
+             relative: bool = True) -> torch.Tensor:
     "Relative perceptual L1 of reconstruction `x_hat` against real image `x` at `layer` (default `self.layer`)."
     if x.shape != x_hat.shape: raise ValueError(f"x and x_hat shapes differ: {tuple(x.shape)} vs {tuple(x_hat.shape)}")
     layer = layer or self.layer
     with torch.no_grad(): f_real = self.features_of(x, [layer])[layer]
-    return relative_l1(f_real, self.features_of(x_hat, [layer])[layer], reduction)
+    return relative_l1(f_real, self.features_of(x_hat, [layer])[layer], reduction, relative)
 
 PerceptualLoss.features_of, PerceptualLoss.forward = _features, _forward
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .perceptual import PerceptualLoss, relative_l1
+from .perceptual import PerceptualLoss, relative_l1, vgg19_layer_index
 
 # %% auto #0
 __all__ = ['NIH_LAYERS', 'CIFAR10_CFG', 'DPA_RECIPES', 'lrelu', 'PreActBlock', 'init_weights', 'PGEncoder', 'PGDecoder',
@@ -137,9 +137,11 @@ class PerceptualAE(nn.Module):
                  value_range: tuple = (0.0, 1.0), # intensity range of the images
                  smooth_pg: bool = True, # blend the previous stage's loss while fading in (spec A.4.6)
                  vgg_seed: int = 0, # seed of the random VGG fallback
+                 score: str = "relative", # anomaly score: "relative" (paper) or "absolute" (ablation: no denominator)
                 ):
         super().__init__()
-        self.img_size, self.in_chans, self.start_res, self.smooth_pg = img_size, in_chans, start_res, smooth_pg
+        if score not in ("relative", "absolute"): raise ValueError(f"score={score!r}; use 'relative' or 'absolute'")
+        self.img_size, self.in_chans, self.start_res, self.smooth_pg, self.score = img_size, in_chans, start_res, smooth_pg, score
         self.layers = dict(layers) if layers is not None else default_layers(start_res, img_size)
         self.stages = stage_names(start_res, img_size)
         missing = [r for r in {parse_stage(s)[0] for s in self.stages} if r not in self.layers]
@@ -147,7 +149,7 @@ class PerceptualAE(nn.Module):
         self.encoder = PGEncoder(img_size, in_chans, latent_dim, latent_res, enc_dims, start_res)
         self.decoder = PGDecoder(img_size, in_chans, latent_dim, latent_res, dec_dims, start_res)
         self.apply(init_weights)
-        deepest = max(self.layers.values(), key=lambda n: (int(n[4]), int(n[6])))
+        deepest = max(self.layers.values(), key=vgg19_layer_index)
         self.loss = PerceptualLoss(self.layers[img_size], vgg_weights, allow_download, max_layer=deepest,
                                    value_range=value_range, seed=vgg_seed)
         self.set_stage(self.stages[-1])
@@ -211,7 +213,8 @@ PerceptualAE.stage_input, PerceptualAE.forward, PerceptualAE.training_loss = _st
 def _anomaly_score(self, x: torch.Tensor) -> torch.Tensor:
     "Relative perceptual L1 between x and its reconstruction at the final resolution: (B,), higher = more abnormal."
     x = _check_input(self, x)
-    return self.loss(x, self(x, res=self.img_size, alpha=1.0), reduction="none", layer=self.layers[self.img_size])
+    return self.loss(x, self(x, res=self.img_size, alpha=1.0), reduction="none", layer=self.layers[self.img_size],
+                     relative=self.score == "relative")
 
 @torch.no_grad()
 def _anomaly_map(self, x: torch.Tensor) -> torch.Tensor:
@@ -277,7 +280,7 @@ DPA_RECIPES = {
     "nih_ap": dict(lr=5e-4, batch_size=56, stab_steps=20_000, trns_steps=20_000, final_steps=7_000),
     "nih_subset": dict(lr=1e-3, batch_size=128, stab_steps=20_000, trns_steps=20_000, final_steps=3_500),
     "camelyon16": dict(lr=1e-3, batch_size=128, stab_steps=20_000, trns_steps=20_000, final_steps=8_666),
-    "demo": dict(lr=1e-3, batch_size=32, stab_steps=300, trns_steps=300, final_steps=600),
+    "demo": dict(lr=1e-3, batch_size=32, stab_steps=60, trns_steps=30, final_steps=100),  # ours: CPU-sized
     **{f"cifar10_{c}": dict(lr=v[0], batch_size=128, stab_steps=0, trns_steps=0, final_steps=v[5]) for c, v in CIFAR10_CFG.items()},
 }
 
