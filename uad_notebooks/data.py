@@ -343,6 +343,7 @@ def manifest_dataset(split: str, data_dir=None, img_size: int = 64, # output siz
 for _n in ("brats2020", "brats2021", "ixi", "mslub", "luna16", "rsna_pneumonia", "hyper_kvasir", "covid_cxr",
            "nih_cxr14", "camelyon16", "manifest"):
     register_dataset(_n, (lambda n: (lambda split, data_dir=None, **kw: manifest_dataset(split, data_dir, name=n, **kw)))(_n))
+register_dataset("brats21", _REGISTRY["brats2021"])  # the name the mDDPM paper uses
 
 # %% ../nbs/01_data.ipynb #c033
 def nifti_dataset(split: str, data_dir=None, img_size: int = 64, fractions=(0.6, 0.2, 0.2), seed: int = 0,
