@@ -4,10 +4,12 @@
 
 # %% ../nbs/01a_download.ipynb #c002
 from __future__ import annotations
-import hashlib, http.client, os, tarfile, time, urllib.error, urllib.request, zipfile
+import http.client, os, tarfile, time, urllib.error, urllib.request, zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from tqdm.auto import tqdm
+
+from .core import sha256_file
 
 # %% auto #0
 __all__ = ['ChecksumError', 'sha256sum', 'verify_file', 'download', 'safe_members', 'extract', 'ManualStep', 'Resource',
@@ -19,10 +21,7 @@ class ChecksumError(ValueError):
 
 def sha256sum(path, chunk_size: int = 1 << 20) -> str:
     "Hex SHA-256 of the file at `path`."
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(chunk_size), b''): h.update(block)
-    return h.hexdigest()
+    return sha256_file(path, chunk_size)
 
 def verify_file(path, sha256: str | None = None, size: int | None = None) -> str:
     "Check `path` against `size` and `sha256` (either may be None); return its hash or raise `ChecksumError`."
