@@ -171,3 +171,19 @@ def test_nih_transform_on_real_images(shared_data):
         y = nih_transform(x, view)
         assert y.shape == (len(files), 1, 64, 64) and 0 <= y.min() and y.max() <= 1
     assert (nih_transform(x, "ap") - nih_transform(x, "pa")).abs().mean() > 0.01
+
+
+def test_camelyon16_patches_stay_rgb(tmp_path):
+    """Camelyon16 is colour pathology: the prepared 192x192 patches reach DPA as 3 x 64 x 64 crops."""
+    import numpy as np
+    from PIL import Image
+    from uad_notebooks.perceptual_ae import dpa_datasets
+    rows = ["split,subject,label,image,mask,brain"]
+    for i, (split, label) in enumerate([("train", 0), ("train", 0), ("test", 0), ("test", 1)]):
+        Image.fromarray((np.random.rand(192, 192, 3) * 255).astype(np.uint8)).save(tmp_path / f"p{i}.png")
+        rows.append(f"{split},slide{i},{label},p{i}.png,,")
+    (tmp_path / "manifest.csv").write_text("\n".join(rows) + "\n")
+    ds = dpa_datasets("camelyon16", data_dir=str(tmp_path))
+    assert ds["val"] is None
+    assert ds["test"].images.shape == (2, 3, 64, 64)
+    assert ds["train"][0]["image"].shape == (3, 64, 64)

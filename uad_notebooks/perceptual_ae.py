@@ -368,24 +368,23 @@ def dpa_datasets(dataset: str = "demo", # 'demo', 'nih_cxr14', 'camelyon16' or '
             out[split] = ArrayDataset(x, y, subjects=[f"cifar10-{split}-{i}" for i in range(len(y))], name=f"cifar10-{split}")
         return dict(train=out["train"], val=None, test=out["test"])
     if not data_dir: raise ValueError(f"dataset={dataset!r} needs data_dir (prepare it with data_scripts/ first)")
+    def _splits(name, img_size, in_chans, finish):
+        "Load train/val/test of a prepared dataset (val may be absent) and apply `finish(split, ds)` to each."
+        out = {}
+        for s in ("train", "val", "test"):
+            try: d = load_dataset(name, s, data_dir=data_dir, img_size=img_size, in_chans=in_chans)
+            except ValueError:
+                if s == "val": out[s] = None; continue
+                raise
+            out[s] = finish(s, d)
+        return out
     if dataset == "nih_cxr14":
-        out = {}
-        for s in ("train", "val", "test"):
-            try: d = load_dataset("nih_cxr14", s, data_dir=data_dir, img_size=300)
-            except ValueError:
-                if s == "val": out[s] = None; continue
-                raise
+        def _nih(s, d):
             if view in ("pa", "ap"): d = _nih_view_filter(d, data_dir, view)
-            out[s] = _retensor(d, nih_transform(d.images, view), f"nih_cxr14-{view}-{s}")
-        return out
-    if dataset == "camelyon16":
-        out = {}
-        for s in ("train", "val", "test"):
-            try: d = load_dataset("camelyon16", s, data_dir=data_dir, img_size=192)
-            except ValueError:
-                if s == "val": out[s] = None; continue
-                raise
-            if s == "train": d.transform = camelyon_train_crop
-            else: d = _retensor(d, center_crop(d.images, 64), f"camelyon16-{s}")
-            out[s] = d
-        return out
+            return _retensor(d, nih_transform(d.images, view), f"nih_cxr14-{view}-{s}")
+        return _splits("nih_cxr14", 300, 1, _nih)
+    if dataset == "camelyon16":  # RGB pathology patches (3 x 192 x 192 at x10)
+        def _cam(s, d):
+            if s == "train": d.transform = camelyon_train_crop; return d
+            return _retensor(d, center_crop(d.images, 64), f"camelyon16-{s}")
+        return _splits("camelyon16", 192, 3, _cam)
