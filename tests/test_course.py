@@ -1,0 +1,195 @@
+"""Course assignments: solutions earn full marks, student versions none, and each planted typical mistake loses exactly
+the points of the checks that should catch it, with a message that names it. Grading runs in-process here (a fresh
+namespace per notebook); one test goes through the `uad-course` command in a subprocess."""
+import json, subprocess, sys
+from pathlib import Path
+
+import pytest
+
+from conftest import NBS
+from uad_notebooks.course import (CourseError, assignments, cell_source, generate, grade, nbgrader_meta, read_notebook,
+                                  student_version)
+
+COURSE = NBS / "course"
+ASSIGNMENTS = assignments(COURSE)
+CLI = Path(sys.executable).parent / "uad-course"
+
+
+def test_five_assignments_with_points():
+    names = [p.name for p in ASSIGNMENTS]
+    assert len(names) >= 5, names
+    for p in ASSIGNMENTS:
+        nb = read_notebook(p)
+        pts = [nbgrader_meta(c)["points"] for c in nb["cells"] if nbgrader_meta(c).get("grade")]
+        assert sum(pts) >= 5, f"{p.name}: only {sum(pts)} points"
+        sols = [c for c in nb["cells"] if nbgrader_meta(c).get("solution") and c["cell_type"] == "code"]
+        assert sols and all("### BEGIN SOLUTION" in cell_source(c) for c in sols), f"{p.name}: solution cells need markers"
+
+
+@pytest.mark.parametrize("nb", ASSIGNMENTS, ids=lambda p: p.name)
+def test_solution_earns_full_marks(nb):
+    rep = grade(nb, source=nb, isolate=False)
+    assert rep.max_total > 0 and rep.total == rep.max_total, str(rep)
+    assert not rep.warnings, rep.warnings
+
+
+@pytest.mark.parametrize("nb", ASSIGNMENTS, ids=lambda p: p.name)
+def test_student_version_scores_zero(nb, tmp_path):
+    out = generate(nb, tmp_path)[0]
+    text = out.read_text()
+    assert "BEGIN SOLUTION" not in text and "BEGIN HIDDEN TESTS" not in text
+    stu = read_notebook(out)
+    for c, s in zip(read_notebook(nb)["cells"], stu["cells"]):  # no line of a solution region survives in its cell
+        if "### BEGIN SOLUTION" in cell_source(c):
+            body = cell_source(c).split("### BEGIN SOLUTION")[1].split("### END SOLUTION")[0]
+            assert "raise NotImplementedError()" in cell_source(s)
+            for line in body.strip().splitlines():
+                assert line.strip() not in cell_source(s), f"solution line leaked: {line!r}"
+    assert not any(c.get("outputs") for c in stu["cells"] if c["cell_type"] == "code")
+    rep = grade(out, source=nb, isolate=False)   # runs without crashing the grader
+    assert rep.total == 0 and rep.max_total > 0, str(rep)
+    assert all(c.error for c in rep.checks)
+    assert rep.manual, "each assignment has a written question"
+
+
+# (assignment, solution cell grade_id, substitutions in that cell, checks that must fail, phrase the message must hold)
+MISTAKES = [
+    ("01_mae_masking", "patchify", [(".permute(0, 2, 4, 3, 5, 1)", "")], {"patchify_order"}, "without a permute"),
+    ("01_mae_masking", "random_masking", [("int(L * (1 - mask_ratio))", "int(L * mask_ratio)")],
+     {"mask_ratio", "mask_package"}, "mask ratio wrong"),
+    ("01_mae_masking", "random_masking", [("ids_restore = torch.argsort(ids_shuffle, dim=1)", "ids_restore = ids_shuffle")],
+     {"mask_order", "mask_package"}, "original token order"),
+    ("01_mae_masking", "restore_order", [("return torch.gather(x_, 1, ids_restore[..., None].expand(-1, -1, D))", "return x_")],
+     {"restore"}, "token order not restored"),
+    ("02_memory_attention", "memory_attention", [("torch.cat([k, mem_k], dim=2)", "torch.cat([k, mem_v], dim=2)")],
+     {"attn_memory_keys", "attn_package"}, "memory not appended to the keys"),
+    ("02_memory_attention", "memory_attention", [("torch.cat([v, mem_v], dim=2)", "torch.cat([v, mem_k], dim=2)")],
+     {"attn_memory_values", "attn_package"}, "memory not appended to the values"),
+    ("02_memory_attention", "memory_attention", [("v = torch.cat([v, mem_v], dim=2)", "pass")],
+     {"attn_shapes", "attn_memory_keys", "attn_memory_values", "attn_package"}, "keys AND to the values"),
+    ("02_memory_attention", "memory_mass", [("w[..., -n_mem:]", "w[..., :n_mem]")], {"mass_value", "mass_package"},
+     "LAST n_mem columns"),
+    ("03_perceptual_loss", "relative_l1", [("f_real.detach().abs()", "f_real.abs()")], {"rel_no_grad_denominator"},
+     "gradient flows through the perceptual denominator"),
+    ("03_perceptual_loss", "relative_l1", [("denom = f_real.detach()", "denom = f_fake.detach()")],
+     {"rel_formula", "rel_no_grad_denominator"}, "REAL image"),
+    ("03_perceptual_loss", "perceptual_map",
+     [(".mean(dim=(1, 2, 3)).clamp_min(1e-8).view(-1, 1, 1, 1)", ".mean(dim=1, keepdim=True).clamp_min(1e-8)")],
+     {"map_package"}, "ONE number per image"),
+    ("04_frequency_mask", "centred_square", [("c_r, c_c = H // 2, W // 2", "c_r, c_c = (H - 1) // 2, (W - 1) // 2")],
+     {"square_centred", "square_symmetric"}, "not centred"),
+    ("04_frequency_mask", "centred_square", [("(r.abs() <= v) & (c.abs() <= v)", "(r >= -v) & (r < v) & (c >= -v) & (c < v)")],
+     {"square_size", "square_centred", "square_symmetric"}, "not symmetric"),
+    ("04_frequency_mask", "frequency_filter", [("torch.fft.fftshift(torch.fft.fft2(x), dim=(-2, -1))", "torch.fft.fft2(x)"),
+                                               ("torch.fft.ifftshift(F_ * keep, dim=(-2, -1))", "F_ * keep")],
+     {"filter_lowpass", "filter_package"}, "fftshift"),
+    ("05_threshold_dice", "threshold_at_fpr", [("np.asarray(healthy_maps)[np.asarray(brains) > 0.5]", "np.asarray(healthy_maps).ravel()")],
+     {"thr_brain"}, "OUTSIDE the brain"),
+    ("05_threshold_dice", "threshold_at_fpr", [("float(np.sort(v)[v.size - k - 1])", "float(np.quantile(v, 1 - fpr))")],
+     {"thr_fpr"}, "fpr="),
+    ("05_threshold_dice", "dice_at_healthy_fpr", [("threshold_at_fpr(val_maps, fpr, val_brains)", "threshold_at_fpr(test_maps, fpr, test_brains)")],
+     {"dice_threshold_from_healthy"}, "threshold chosen on the test set"),
+    ("05_threshold_dice", "dice_at_healthy_fpr",
+     [("threshold_at_fpr(val_maps, fpr, val_brains)",
+       "threshold_at_fpr(np.where(test_masks > 0.5, test_maps.min(), test_maps), fpr, test_brains)")],
+     {"dice_threshold_from_healthy"}, "threshold chosen on the test set"),
+    ("05_threshold_dice", "dice_at_healthy_fpr",
+     [("pred, gt = (test_maps > t) & inside, (test_masks > 0.5) & inside", "pred, gt = test_maps > t, test_masks > 0.5")],
+     {"dice_in_brain", "dice_value"}, "Dice on the wrong pixels"),
+]
+
+
+def plant(name: str, cell_id: str, subs, dst: Path) -> Path:
+    "Copy assignment `name` to `dst` with text substitutions inside its solution cell `cell_id` (each must match once)."
+    nb = read_notebook(COURSE / f"{name}.ipynb")
+    cell = next(c for c in nb["cells"] if nbgrader_meta(c).get("grade_id") == cell_id)
+    src = cell_source(cell)
+    for old, new in subs:
+        assert src.count(old) == 1, f"{name}/{cell_id}: {old!r} occurs {src.count(old)} times"
+        src = src.replace(old, new)
+    cell["source"] = src
+    out = dst / f"{name}.ipynb"
+    out.write_text(json.dumps(nb))
+    return out
+
+
+@pytest.mark.parametrize("name, cell_id, subs, lost, phrase", MISTAKES,
+                         ids=[f"{m[0][:2]}-{m[1]}-{i}" for i, m in enumerate(MISTAKES)])
+def test_planted_mistake_loses_exactly_its_points(name, cell_id, subs, lost, phrase, tmp_path):
+    rep = grade(plant(name, cell_id, subs, tmp_path), source=COURSE / f"{name}.ipynb", isolate=False)
+    failed = {c.grade_id for c in rep.checks if c.points < c.max_points}
+    assert failed == lost, f"expected exactly {sorted(lost)} to fail, got {sorted(failed)}\n{rep}"
+    assert rep.total == rep.max_total - sum(c.max_points for c in rep.checks if c.grade_id in lost)
+    errors = " ".join(c.error for c in rep.checks if c.error)
+    assert phrase in errors, f"no check names the mistake ({phrase!r}):\n{rep}"
+
+
+def test_edited_checks_are_restored(tmp_path):
+    "A submission that deletes a check's assertions still fails it: locked cells come from the source."
+    src = COURSE / "01_mae_masking.ipynb"
+    out = generate(src, tmp_path)[0]
+    nb = read_notebook(out)
+    for c in nb["cells"]:
+        if nbgrader_meta(c).get("grade") and c["cell_type"] == "code": c["source"] = "pass"
+    out.write_text(json.dumps(nb))
+    rep = grade(out, source=src, isolate=False)
+    assert rep.total == 0 and any("was edited" in w for w in rep.warnings), str(rep)
+
+
+def test_generate_refuses_to_overwrite(tmp_path):
+    src = ASSIGNMENTS[0]
+    out = generate(src, tmp_path)[0]
+    out.write_text("the student's work")
+    with pytest.raises(CourseError, match="not overwriting"):
+        generate(src, tmp_path)
+    assert out.read_text() == "the student's work"
+    generate(src, tmp_path, force=True)
+    assert read_notebook(out)["cells"]
+
+
+def test_bad_inputs_give_clear_errors(tmp_path):
+    (tmp_path / "essay.ipynb").write_text("my essay, not JSON")
+    with pytest.raises(CourseError, match="essay.ipynb: not a Jupyter notebook"):
+        grade(tmp_path / "essay.ipynb")
+    with pytest.raises(CourseError, match="no such file"):
+        grade(tmp_path / "nothing.ipynb")
+    plain = {"cells": [{"cell_type": "code", "metadata": {}, "source": "x = 1", "outputs": [], "execution_count": None}],
+             "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    (tmp_path / "plain.ipynb").write_text(json.dumps(plain))
+    with pytest.raises(CourseError, match="has no auto-graded cells"):
+        grade(tmp_path / "plain.ipynb", isolate=False)
+    with pytest.raises(CourseError, match="has no auto-graded cells"):
+        generate(tmp_path / "plain.ipynb", tmp_path / "out")
+    nb = read_notebook(ASSIGNMENTS[0])
+    test = next(c for c in nb["cells"] if nbgrader_meta(c).get("grade"))
+    nb["cells"].append(test)   # a copied check keeps its grade_id
+    (tmp_path / "dup.ipynb").write_text(json.dumps(nb))
+    with pytest.raises(CourseError, match=f"grade_id '{nbgrader_meta(test)['grade_id']}' is used by cells"):
+        grade(tmp_path / "dup.ipynb", source=tmp_path / "dup.ipynb", isolate=False)
+    with pytest.raises(CourseError, match="never closed"):
+        student_version({"cells": [{"cell_type": "code", "metadata": {}, "source": "### BEGIN SOLUTION\nx = 1"}, test]})
+
+
+def test_command_line(tmp_path):
+    "`uad-course generate` then `uad-course grade --json` in a subprocess (the grader's own fresh process inside)."
+    src = COURSE / "05_threshold_dice.ipynb"
+    r = subprocess.run([str(CLI), "generate", str(src), "-o", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "wrote" in r.stdout, r.stderr
+    r = subprocess.run([str(CLI), "generate", str(src), "-o", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "not overwriting" in r.stderr
+    r = subprocess.run([str(CLI), "grade", str(tmp_path / src.name), "--json"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["total"] == 0 and res["max_total"] == 10 and res["source"].endswith(src.name)
+    assert all("NotImplementedError" in c["error"] for c in res["checks"])
+    (tmp_path / "notes.txt").write_text("hello")
+    r = subprocess.run([str(CLI), "grade", str(tmp_path / "notes.txt")], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "not a Jupyter notebook" in r.stderr
+
+
+def test_generate_all(tmp_path, capsys):
+    from uad_notebooks.course import main
+    assert main(["generate", "--all", str(COURSE), "-o", str(tmp_path / "student")]) == 0
+    assert sorted(p.name for p in (tmp_path / "student").iterdir()) == [p.name for p in ASSIGNMENTS]
+    assert main(["generate", "--all", str(COURSE), "-o", str(tmp_path / "student")]) == 1   # nothing overwritten
+    assert "not overwriting" in capsys.readouterr().err
