@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path: sys.path.insert(0, str(ROOT))   # run from a checkout without `pip install -e .`
 
 from uad_notebooks.download import (ChecksumError, ManualStep, Resource, SplitFiles, fetch_resources,  # noqa: E402,F401
-                                    fetch_split_files, sha256sum)
+                                    fetch_split_files, install_shipped, sha256sum, verify_split_file)
 from uad_notebooks.prepare import Provenance, check_prepared, write_manifest  # noqa: E402
 
 # Pinned commits of the papers' public repositories (full hashes as held by the public code index).
@@ -22,6 +22,7 @@ GEORGESCU = 'lilygeorgescu/MAE-medical-anomaly-detection', '636824244c043b8eb38b
 MDDPM = 'hasan1292/mDDPM', '016762ef0c162dab26b3de49e44c712f1aeeefaa'
 MDDPM_ALT = '7fb0174c55cc4ca526191df9c8c1514548cea48d'   # commit at which the index held the other split CSVs
 DPA = 'ninatu/anomaly_detection', 'ada92019d53b3861f4e334f3d0c4b2ceac70b606'
+SHIPPED = Path(__file__).resolve().parent / 'splits'   # copies of the split files we could verify (see splits/README.md)
 
 
 @dataclass
@@ -39,25 +40,37 @@ class DatasetScript:
     expected: Callable | None = None # expected(params: dict) -> {(split, label): n} or None where the spec has none
     unit: str = 'rows' # what `expected` counts: 'rows' or 'volumes'
     add_arguments: Callable | None = None # add_arguments(prepare_subparser)
+    alt_layout: Callable | None = None # alt_layout(raw_dir) -> True where another documented layout (a subset folder) is there
 
 
 def split_dir_of(args) -> Path:
     return Path(args.split_dir) if getattr(args, 'split_dir', None) else Path(args.raw_dir) / 'splits'
 
 
-def record_split_files(prov: Provenance, script: DatasetScript, split_dir: Path, variant: str):
-    "Record the split files used (URL at the pinned commit, SHA-256 of the local copy) and the variant."
+def published_split_dir(args, script: DatasetScript) -> Path:
+    "The split folder, with the shipped (pinned) split files of `script` installed there where missing (offline)."
+    sd = split_dir_of(args)
+    if script.split_files is not None and script.split_files.shipped: install_shipped(script.split_files, sd)
+    return sd
+
+
+def record_split_files(prov: Provenance, script: DatasetScript, split_dir: Path, variant: str, paths=None):
+    "Record the split files used (URL at the pinned commit, SHA-256, pinned or first-use) and the variant."
     spec = script.split_files
     rec = Path(split_dir) / 'split_hashes.json'          # written by `download` when it fetched the files
     recorded = json.loads(rec.read_text()).get('sha256', {}) if rec.exists() else {}
-    for p in spec.paths:
+    for p in (spec.paths if paths is None else paths):
         f = spec.local(split_dir, p)
         if not f.exists(): continue
-        h = sha256sum(f); want = spec.sha256.get(p) or recorded.get(p)
-        if want and h != want:
-            raise ChecksumError(f'split file {f} has sha256 {h}, but {want} was recorded when it was fetched from '
-                                f'{spec.url(p)}: it changed since; delete it and run `download` again')
-        prov.d['split_files'][p] = dict(url=spec.url(p), sha256=h, local=str(f), verified_against=bool(want))
+        want = spec.sha256.get(p) or recorded.get(p)
+        try: h = verify_split_file(f, want)
+        except ChecksumError as e:
+            why = ('its hash is pinned in this repository: delete it to use the shipped copy' if p in spec.sha256 else
+                   'it changed since its hash was recorded when fetched: delete it and run `download` again')
+            raise ChecksumError(f'{e}; {why} ({spec.url(p)})') from None
+        prov.d['split_files'][p] = dict(url=spec.url(p), sha256=h, local=str(f), verified_against=bool(want),
+                                        check='pinned in the repository' if p in spec.sha256 else
+                                        'recorded at download (trust on first use)' if want else 'unverified')
     prov.d['split_variant'] = variant
 
 
@@ -88,6 +101,8 @@ def build_parser(script: DatasetScript) -> argparse.ArgumentParser:
     d = sub.add_parser('download', help='fetch the raw data (or print the manual step) and the published split files')
     d.add_argument('--raw-dir', required=True, help='folder for the raw files')
     d.add_argument('--no-splits', action='store_true', help='do not fetch the published split files')
+    d.add_argument('--offline', action='store_true',
+                   help='install the shipped (pinned) split files without contacting upstream; skip the others')
     d.add_argument('--no-progress', action='store_true')
     pr = sub.add_parser('prepare', help="run the paper's preprocessing and write manifest.csv + provenance.json")
     pr.add_argument('--raw-dir', required=True, help='folder holding the raw files')
@@ -114,10 +129,12 @@ def cmd_download(script: DatasetScript, args) -> int:
         (raw / 'download_hashes.json').write_text(json.dumps(hashes, indent=1))
         print(f'downloaded {len(hashes)} file(s) into {raw}')
     if script.split_files is not None and not args.no_splits:
-        hashes = fetch_split_files(script.split_files, raw / 'splits')
-        (raw / 'splits' / 'split_hashes.json').write_text(json.dumps(
-            dict(repo=script.split_files.repo, commit=script.split_files.commit, sha256=hashes), indent=1))
-        print(f'fetched {len(hashes)} split file(s) from {script.split_files.repo}@{script.split_files.commit[:7]}')
+        hashes = fetch_split_files(script.split_files, raw / 'splits', upstream=not args.offline)
+        rec = raw / 'splits' / 'split_hashes.json'
+        old = json.loads(rec.read_text()).get('sha256', {}) if rec.exists() else {}
+        rec.write_text(json.dumps(dict(repo=script.split_files.repo, commit=script.split_files.commit,
+                                       sha256={**old, **hashes}, pinned=sorted(script.split_files.sha256)), indent=1))
+        print(f'{len(hashes)} split file(s) of {script.split_files.repo}@{script.split_files.commit[:7]} in {raw / "splits"}')
     if script.manual is not None:
         miss = script.manual.missing(raw)
         if miss:
@@ -130,7 +147,7 @@ def cmd_download(script: DatasetScript, args) -> int:
 def cmd_prepare(script: DatasetScript, args) -> int:
     raw, out = Path(args.raw_dir), Path(args.out_dir)
     if not raw.is_dir(): raise FileNotFoundError(f'--raw-dir {raw} does not exist; run `{script.name}.py download` first')
-    if script.manual is not None: script.manual.check(raw)
+    if script.manual is not None and not (script.alt_layout and script.alt_layout(raw)): script.manual.check(raw)
     if (out / 'manifest.csv').exists():
         if not args.overwrite: raise FileExistsError(f'{out} already holds a prepared dataset; pass --overwrite to replace it')
         shutil.rmtree(out)
@@ -146,12 +163,19 @@ def cmd_prepare(script: DatasetScript, args) -> int:
 def cmd_check(script: DatasetScript, args) -> int:
     out = Path(args.out_dir)
     prov = json.loads((out / 'provenance.json').read_text()) if (out / 'provenance.json').exists() else {}
-    expected = script.expected(prov.get('params', {})) if script.expected else None
+    subset = prov.get('subset')
+    expected = script.expected({**prov.get('params', {}), '_subset': bool(subset)}) if script.expected else None
     rep = check_prepared(out, expected=expected, unit=script.unit)
     print(json.dumps(rep, indent=1))
     if expected is None: print(f'note: the spec gives no per-split counts for {script.name} in this configuration')
     if prov.get('split_variant'): print(f"split variant: {prov['split_variant']}")
     if rep['errors']: print('CHECK FAILED'); return 1
+    if subset and expected:
+        print(f"subset of the dataset ({subset.get('images', '?')} images from {subset.get('source', '?')}): its counts "
+              f"are not expected to match the spec's full-dataset numbers (unit: {script.unit}):")
+        for (sp, lab), n in sorted(expected.items()):
+            print(f"  {sp}/{lab}: {rep['counts'].get(f'{sp}/{lab}', 0)} here, {n} in the spec")
+        print('check passed (subset)'); return 0
     if rep['count_mismatches'] and not args.no_spec_counts:
         print('COUNTS DIFFER FROM THE SPEC (use --no-spec-counts for a subset)'); return 1
     print('check passed'); return 0
@@ -179,6 +203,6 @@ def subject_of(name: str, pattern: str) -> str:
 def main(script: DatasetScript, argv=None) -> int:
     "Command-line entry: like `run`, but a bad input or a missing file prints one clear line instead of a traceback."
     try: return run(script, argv)
-    except (FileNotFoundError, FileExistsError, ValueError, ConnectionError, RuntimeError) as e:
+    except (FileNotFoundError, FileExistsError, ValueError, ConnectionError, RuntimeError) as e:   # ChecksumError is a ValueError
         print(f'{script.name}: error: {e}', file=sys.stderr)
         return 1

@@ -98,12 +98,14 @@ class Chain:
         return img.astype(np.float32), brain.astype(np.uint8), None if seg is None else seg.astype(np.uint8)
 
     def _register(self, img, brain, seg):
+        "Affine registration of a 1 mm RAS volume onto the template; the template's grid and voxel order come back."
         ants = self.ants
         fixed = ants.image_read(str(self.sri24))
-        mov = ants.from_numpy(img)
-        reg = ants.registration(fixed=fixed, moving=mov, type_of_transform='Affine')
-        warp = lambda a, interp: ants.apply_transforms(fixed, ants.from_numpy(a.astype(np.float32)), reg['fwdtransforms'],
-                                                       interpolator=interp).numpy()
+        # the arrays are RAS (nibabel canonical) at 1 mm; ITK's physical space is LPS, as when ants reads a NIfTI
+        to_ants = lambda a: ants.from_numpy(np.asarray(a, np.float32), origin=(0., 0., 0.), spacing=(1., 1., 1.),
+                                            direction=np.diag([-1., -1., 1.]))
+        reg = ants.registration(fixed=fixed, moving=to_ants(img), type_of_transform='Affine')
+        warp = lambda a, interp: ants.apply_transforms(fixed, to_ants(a), reg['fwdtransforms'], interpolator=interp).numpy()
         return (reg['warpedmovout'].numpy(), warp(brain, 'nearestNeighbor') > 0,
                 None if seg is None else warp(seg, 'nearestNeighbor') > 0)
 

@@ -14,36 +14,40 @@ from _common import (DPA, DatasetScript, main, ManualStep, progress, read_lines,
                      split_dir_of, SplitFiles)  # noqa: E402
 
 import numpy as np  # noqa: E402
-from uad_notebooks.prepare import (optional_import, patch_grid, resize2d, sample_patches, save_image,  # noqa: E402
-                                   tissue_mask)
+from uad_notebooks.prepare import (MacenkoNormalizer, optional_import, patch_grid, resize2d, sample_patches,  # noqa: E402
+                                   save_image, tissue_mask)
 
 PATCH = re.compile(r'(?P<slide>(?:normal|tumor|test)_\d{3})_(?P<kind>tumor|normal)_x_(?P<x>\d+)_y_(?P<y>\d+)_w_(?P<w>\d+)_h_(?P<h>\d+)')
 LISTS = {'normal/train': ('train', 0), 'anomaly/train': ('val', 1), 'normal/test': ('test', 0), 'anomaly/test': ('test', 1)}
 EXCLUDED = {'normal_027', 'normal_045', 'normal_108', 'normal_144', 'normal_150', 'normal_158', 'test_114'}  # spec A.8
+TARGET = 'normal_056', (120832, 23808, 2816)   # DPA's stain reference: x, y, side of a level-0 crop (spec A.8)
 EXPECTED = {('train', 0): 7612, ('val', 1): 2169, ('test', 0): 4000, ('test', 1): 817}
 
 
 class Slide:
-    "A whole-slide image read with openslide when installed, else with PIL (small single-level TIFFs only)."
+    "A whole-slide image read with openslide where installed and it knows the format, else with PIL (small TIFFs only)."
     def __init__(self, path):
-        self.path, self.osl = Path(path), optional_import('openslide')
-        if self.osl is not None: self.s = self.osl.OpenSlide(str(path)); self.size = self.s.dimensions
-        else:
+        self.path, self.osl, self.s = Path(path), optional_import('openslide'), None
+        if self.osl is not None:
+            try: self.s = self.osl.OpenSlide(str(path)); self.size = self.s.dimensions
+            except self.osl.OpenSlideError: self.s = None    # e.g. a plain strip TIFF: not a slide format openslide reads
+        if self.s is None:
             from PIL import Image
             if self.path.stat().st_size > 2 ** 30:
                 raise RuntimeError(f'{path}: a real whole-slide image needs openslide (pip install openslide-python openslide-bin)')
             with Image.open(path) as im: self.img = np.asarray(im.convert('RGB'))
             self.size = self.img.shape[1], self.img.shape[0]
+        self.reader = 'openslide' if self.s is not None else 'PIL'
 
     def region(self, x, y, w, h) -> np.ndarray:
         "RGB (h, w, 3) at level 0, top-left (x, y)."
-        if self.osl is not None: return np.asarray(self.s.read_region((x, y), 0, (w, h)).convert('RGB'))
+        if self.s is not None: return np.asarray(self.s.read_region((x, y), 0, (w, h)).convert('RGB'))
         return self.img[y:y + h, x:x + w]
 
     def thumbnail(self, down: int) -> np.ndarray:
         "RGB thumbnail downsampled by `down` (box average)."
         w, h = self.size[0] // down, self.size[1] // down
-        if self.osl is not None: return np.asarray(self.s.get_thumbnail((w, h)).convert('RGB').resize((w, h)))
+        if self.s is not None: return np.asarray(self.s.get_thumbnail((w, h)).convert('RGB').resize((w, h)))
         a = self.img[:h * down, :w * down].astype(np.float32)
         return a.reshape(h, down, w, down, 3).mean((1, 3)).astype(np.uint8)
 
@@ -128,8 +132,7 @@ def prepare(raw_dir, out_dir, args, prov):
     if not slides: raise FileNotFoundError(f'no normal_XXX.tif / tumor_XXX.tif / test_XXX.tif under {raw_dir}')
     if optional_import('openslide') is None:
         prov.skip('openslide', 'not installed', 'PIL reads small single-level TIFFs only (real WSIs need openslide)')
-    prov.skip('Vahadane stain normalisation (DPA steps 5-6)', 'not implemented here (needs staintools/spams)',
-              'patches keep their original staining')
+    norm = stain_normalizer(slides, args, prov)
     items = plan(raw_dir, args, prov, slides, xmls)
     if args.limit:
         per = defaultdict(list)
@@ -140,21 +143,58 @@ def prepare(raw_dir, out_dir, args, prov):
     prov.step('rescale', to=args.out_size, note='DPA: x40 768 px -> x10 192 px; train RandomCrop 64, test CenterCrop 64 at load time')
     missing = sorted({it[2] for it in items} - set(slides))
     if missing: raise FileNotFoundError(f'{len(missing)} slide(s) of the patch lists are not under {raw_dir}, e.g. {missing[0]}')
-    rows, open_slides = [], {}
+    rows, open_slides, n_plain, readers = [], {}, 0, set()
     for split, lab, name, kind, x, y in progress(items, 'camelyon16 patches'):
         s = open_slides.get(name) or open_slides.setdefault(name, Slide(slides[name]))
-        patch = resize2d(s.region(x, y, args.patch_size, args.patch_size), args.out_size, 1).clip(0, 255).astype(np.uint8)
+        patch = s.region(x, y, args.patch_size, args.patch_size); readers.add(s.reader)
+        if norm is not None:
+            try: patch = norm.transform(patch)
+            except ValueError: n_plain += 1                      # no tissue, or one colour: nothing to normalise
+        patch = resize2d(patch, args.out_size, 1).clip(0, 255).astype(np.uint8)
         stem = f'{name}_{kind}_x_{x}_y_{y}_w_{args.patch_size}_h_{args.patch_size}'
         save_image(patch, Path(out_dir) / 'images' / f'{stem}.png')
         rows.append(dict(split=split, subject=name, label=lab, image=f'images/{stem}.png', mask='', brain=''))
         if len(open_slides) > 4: open_slides.pop(next(iter(open_slides)))
+    prov.step('read slides', reader=sorted(readers))
+    if norm is not None and n_plain:
+        prov.note(f'{n_plain} patch(es) had too little tissue or a single colour for stain normalisation: kept as they were')
     return rows
+
+
+def stain_normalizer(slides, args, prov):
+    "A fitted MacenkoNormalizer (DPA steps 5-6, with Macenko in place of Vahadane), or None where skipped (recorded)."
+    vahadane = 'Vahadane stain normalisation (DPA steps 5-6)'
+    if args.stain_norm == 'none':
+        prov.skip(vahadane, 'switched off (--stain-norm none)', 'patches keep their original staining'); return None
+    if args.stain_target:
+        from PIL import Image
+        with Image.open(args.stain_target) as im: target, src = np.asarray(im.convert('RGB')), str(args.stain_target)
+    elif TARGET[0] in slides:
+        (x, y, side), sl = TARGET[1], Slide(slides[TARGET[0]])
+        if x + side > sl.size[0] or y + side > sl.size[1]:
+            raise ValueError(f'{slides[TARGET[0]]}: {sl.size} px is too small for DPA\'s stain reference crop at ({x}, {y})')
+        target = resize2d(sl.region(x, y, side, side), side // 4, 1).clip(0, 255).astype(np.uint8)
+        src = f'{TARGET[0]} level 0 crop x={x} y={y} side={side} (downsampled x4 for the fit)'
+    elif args.stain_norm == 'macenko':
+        raise FileNotFoundError(f'--stain-norm macenko needs a reference: {TARGET[0]}.tif under --raw-dir, or --stain-target')
+    else:
+        prov.skip(vahadane, f'no reference ({TARGET[0]}.tif absent, no --stain-target)', 'patches keep their original staining')
+        return None
+    norm = MacenkoNormalizer().fit(target)
+    prov.skip(vahadane, 'not implemented here (needs staintools/spams)', 'Macenko normalisation used instead (numpy)')
+    prov.step('stain normalisation', method='Macenko et al. 2009 (uad_notebooks.prepare.MacenkoNormalizer)', target=src,
+              stains_rgb_od=np.round(norm.stains.T, 4).tolist(), max_concentration=np.round(norm.max_conc, 4).tolist())
+    return norm
 
 
 def add_arguments(p):
     p.add_argument('--patch-size', type=int, default=768, help='patch side at level 0 (x40), DPA: 768')
     p.add_argument('--out-size', type=int, default=192, help='saved patch side (DPA x10: 192)')
     p.add_argument('--per-slide', type=int, default=50, help='at most this many patches per slide (DPA: 50)')
+    p.add_argument('--stain-norm', choices=['auto', 'macenko', 'none'], default='auto',
+                   help="Macenko stain normalisation to DPA's reference crop of normal_056 (auto: when that slide or "
+                        "--stain-target is there; DPA used Vahadane)")
+    p.add_argument('--stain-target', default=None, help='an RGB image to use as the stain reference instead')
 
 
 SCRIPT = DatasetScript(

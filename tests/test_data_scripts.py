@@ -2,7 +2,7 @@
 names, CSV columns, NIfTI / DICOM / JPEG / HDF5 / MetaImage / TIFF formats as the real one has) goes through
 `prepare` and `check`, and the prepared folder is loaded back. No test touches the internet."""
 from __future__ import annotations
-import csv, importlib.util, json, re, subprocess, sys
+import csv, hashlib, importlib.util, json, re, subprocess, sys
 from pathlib import Path
 
 import numpy as np
@@ -169,20 +169,43 @@ def test_brats2021(tmp_path):
 
 
 def test_mslub(tmp_path):
+    """MSLUB with the published lists this repository ships (no split files placed, no network): patient01 is in
+    MSLUB_val, patient13 and patient26 in MSLUB_test."""
     raw, sp = tmp_path / 'raw', tmp_path / 'raw' / 'splits'
-    for i in (1, 3, 5):
+    for i in (1, 13, 26):
         s = f'patient{i:02d}'
         img, seg = head((20, 20, 14), lesion=(slice(8, 11), slice(8, 11), slice(4, 8)))
         nifti(raw / s / 'raw' / f'{s}_T2W.nii.gz', img); nifti(raw / s / 'raw' / f'{s}_FLAIR.nii.gz', img)
         nifti(raw / s / f'{s}_consensus_gt.nii.gz', seg)
-    write_csv(sp / 'MSLUB_val.csv', ['', 'img_name', 'age', 'sex', 'ms_type', 'label', 'img_path', 'mask_path', 'seg_path', 'Agegroup'],
-              [[0, 'patient01', 31, 'F', 'RR', 1, '/Test/MSLUB/t1/patient01_t1.nii.gz', '', '', 1.0]])
-    write_csv(sp / 'MSLUB_test.csv', ['', 'img_name', 'age', 'sex', 'ms_type', 'label', 'img_path', 'mask_path', 'seg_path', 'Agegroup'],
-              [[i, f'patient{i:02d}', 30, 'F', 'RR', 1, '', '', '', 1.0] for i in (3, 5)])
-    assert run('mslub', 'download', '--raw-dir', raw, '--no-splits') == 0
+    assert run('mslub', 'download', '--raw-dir', raw, '--offline') == 0       # installs the shipped, pinned lists
+    assert {p.name for p in sp.glob('MSLUB_*.csv')} == {'MSLUB_val.csv', 'MSLUB_test.csv'}
     rows, prov = prepare_and_check('mslub', raw, tmp_path / 'out', *CHAIN)
     assert sum(r['label'] == '1' for r in rows) > 0
-    assert {r['subject'] for r in rows if r['split'] == 'test'} == {'patient03', 'patient05'}
+    assert {r['subject'] for r in rows if r['split'] == 'test'} == {'patient13', 'patient26'}
+    assert {r['subject'] for r in rows if r['split'] == 'val'} == {'patient01'}
+    assert all(v['check'] == 'pinned in the repository' for v in prov['split_files'].values())
+    # an edited split file is refused with the pinned hash named
+    (sp / 'MSLUB_test.csv').write_text((sp / 'MSLUB_test.csv').read_text().replace('patient26', 'patient27'))
+    with pytest.raises(ValueError, match='pinned'):
+        run('mslub', 'prepare', '--raw-dir', raw, '--out-dir', tmp_path / 'out2', *CHAIN)
+
+
+def test_shipped_split_files_match_their_pins():
+    """The shipped copies hash to the pins the scripts carry, and hold the counts of the specs (B.7, A.8)."""
+    mslub, nih = script("mslub"), script("nih_cxr14")
+    for spec in (mslub.SCRIPT.split_files, nih.SCRIPT.split_files):
+        assert spec.shipped and set(spec.shipped) == set(spec.sha256)
+        for p, f in spec.shipped.items():
+            assert hashlib.sha256(Path(f).read_bytes()).hexdigest() == spec.sha256[p], f
+            assert b'\r' not in Path(f).read_bytes()
+    rows = {k: list(csv.DictReader(open(mslub.SCRIPT.split_files.shipped[f'Data/splits/MSLUB_{k}.csv'])))
+            for k in ('val', 'test')}
+    assert (len(rows['val']), len(rows['test'])) == (10, 20)
+    ids = [r['img_name'] for v in rows.values() for r in v]
+    assert sorted(ids) == [f'patient{i:02d}' for i in range(1, 31)]                 # 30 patients, each once
+    lists = {p.split('/')[-2]: Path(f).read_text().split() for p, f in nih.SCRIPT.split_files.shipped.items()}
+    assert (len(lists['normal']), len(lists['anomaly'])) == (677, 667)
+    assert not set(lists['normal']) & set(lists['anomaly'])
 
 
 def test_manual_step_printed_when_files_missing(tmp_path, capsys):
@@ -191,6 +214,33 @@ def test_manual_step_printed_when_files_missing(tmp_path, capsys):
     assert 'lit.fe.uni-lj.si' in out and 'patient*T2W*' in out
     with pytest.raises(FileNotFoundError, match='agree to the terms'):
         run('mslub', 'prepare', '--raw-dir', tmp_path / 'empty', '--out-dir', tmp_path / 'o')
+
+
+def test_ants_registration_brings_a_moved_template_back(tmp_path):
+    """The chain's affine ANTs registration (antspyx) on real anatomy: nilearn's MNI152 template, rotated by 8 degrees
+    and shifted by a few voxels, is registered back onto the template (both on a 1-voxel grid, 4 mm MNI, for speed)."""
+    ants = pytest.importorskip('ants')
+    import argparse
+    from scipy import ndimage
+    from nilearn.datasets import load_mni152_template
+    from _pddpm import Chain
+    from uad_notebooks.prepare import Provenance
+    fixed = ndimage.zoom(np.asarray(load_mni152_template(resolution=2).dataobj, np.float32), 0.5, order=1)
+    nifti(tmp_path / 'template.nii.gz', fixed)
+    a = np.deg2rad(8); rot = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    c = (np.array(fixed.shape) - 1) / 2
+    moving = ndimage.affine_transform(fixed, rot, offset=c - rot @ c + np.array([3, -2, 2]), order=1)
+    th = 0.2 * fixed.max(); brain = fixed > th                                       # head mask
+    prov = Provenance('t', 't')
+    chain = Chain(prov, argparse.Namespace(crop_shape=[8, 8, 8], out_spacing=2.0, no_n4=True), resample_1mm=False,
+                  skull_strip='given', sri24=tmp_path / 'template.nii.gz')
+    assert any(st['name'] == 'register' for st in prov.d['steps'])
+    img, reg_brain, _ = chain._register(moving, moving > th, None)
+    ncc = lambda x, y: float(np.corrcoef(x.ravel(), y.ravel())[0, 1])
+    dice = lambda x, y: 2 * (x & y).sum() / (x.sum() + y.sum())
+    assert img.shape == fixed.shape
+    assert ncc(moving, fixed) < 0.85 and ncc(img, fixed) > 0.98                         # aligned again
+    assert dice(moving > th, brain) < 0.9 and dice(reg_brain, brain) > 0.95
 
 
 def test_missing_split_files_is_a_clear_error(tmp_path):
@@ -359,6 +409,50 @@ def test_nih_cxr14(tmp_path):
     assert all(r['view'] == 'AP' for r in rows3) and prov3['steps'][-1]['equalize'] is True
 
 
+def test_nih_cxr14_subset_folder_fabricated(tmp_path, capsys):
+    """A subset folder (class folders + labels.csv, as ../shared/data/nih-cxr14-pneumonia-256) runs with a generated
+    patient-level split; `check` reports the counts beside the spec's and passes; faithful is refused clearly."""
+    from PIL import Image
+    raw = tmp_path / 'raw'; lab = []
+    for i in range(12):
+        cls = 'normal' if i < 7 else 'pneumonia'
+        name = f'{i % 9:08d}_{i:03d}.png'                            # patients 0..8; patients 7, 8 have both classes
+        (raw / cls).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(RNG.integers(0, 255, (64, 64)).astype(np.uint8)).save(raw / cls / name)
+        lab.append([name, cls, int(cls != 'normal'), 'No Finding' if cls == 'normal' else ('Pneumonia' if i % 2 else ''),
+                    '' if i == 11 else i % 9, 40, 'F', 'PA' if i % 3 else 'AP', 0])
+    write_csv(raw / 'labels.csv', ['file', 'class', 'label', 'nih_finding_labels', 'patient_id', 'patient_age',
+                                   'patient_sex', 'view_position', 'has_bbox'], lab)
+    with pytest.raises(ValueError, match='split-variant generated'):
+        run('nih_cxr14', 'prepare', '--raw-dir', raw, '--out-dir', tmp_path / 'f', '--view', 'PA')
+    rows, prov = prepare_and_check('nih_cxr14', raw, tmp_path / 'pa', '--view', 'PA', '--split-variant', 'generated',
+                                   spec_counts=True)
+    assert 'check passed (subset)' in capsys.readouterr().out and prov['subset']['images'] == 12
+    want = [l for l in lab if l[7] == 'PA']
+    assert len(rows) == len(want) and all(r['view'] == 'PA' for r in rows)
+    assert all(r['label'] == '0' for r in rows if r['split'] == 'train')
+    assert {r['subject'] for r in rows if r['split'] == 'train'}.isdisjoint({r['subject'] for r in rows if r['split'] == 'test'})
+    sick = {str(int(l[0][:8])) for l in want if l[2] == 1}
+    assert sick <= {r['subject'] for r in rows if r['split'] == 'test'}
+
+
+def test_nih_cxr14_on_shared_real_subset(shared_data, tmp_path, capsys):
+    """Real data: the 1000 NIH images of ../shared/data (PA view: every PA image prepared, patient-level split)."""
+    raw = shared_data / 'nih-cxr14-pneumonia-256'
+    if not raw.exists(): pytest.skip(f'{raw} is not present')
+    lab = list(csv.DictReader(open(raw / 'labels.csv')))
+    rows, prov = prepare_and_check('nih_cxr14', raw, tmp_path / 'pa', '--view', 'PA', '--split-variant', 'generated',
+                                   spec_counts=True)
+    out = capsys.readouterr().out
+    assert 'check passed (subset)' in out and '34497 in the spec' in out
+    n = lambda split, label: sum(r['split'] == split and r['label'] == label for r in rows)
+    pa = [l for l in lab if l['view_position'] == 'PA']
+    assert n('train', '0') + n('test', '0') == sum(l['label'] == '0' for l in pa)
+    assert n('test', '1') == sum(l['label'] == '1' for l in pa) and n('train', '1') == 0
+    assert {r['subject'] for r in rows if r['split'] == 'train'}.isdisjoint({r['subject'] for r in rows if r['split'] == 'test'})
+    assert not (raw / 'splits').exists()                             # nothing written into the shared folder
+
+
 # --------------------------------------------------------------------------------------------------- CAMELYON16
 def wsi(path, tumour_box=None):
     "A small single-level RGB TIFF: white background, pink tissue disc, darker purple tumour box."
@@ -407,6 +501,73 @@ def test_camelyon16(tmp_path):
     rows, prov = prepare_and_check('camelyon16', raw, tmp_path / 'faithful', *args)
     assert [r['image'] for r in rows if r['split'] == 'val'] == ['images/tumor_001_tumor_x_72_y_72_w_24_h_24.png']
     assert sum(r['split'] == 'test' for r in rows) == 3 and sum(r['split'] == 'train' for r in rows) == 10
+
+
+H_OD, E_OD = np.array([0.65, 0.70, 0.29]), np.array([0.27, 0.90, 0.34])     # haematoxylin- / eosin-like OD directions
+
+
+def he_rgb(shape, stains, seed):
+    "H&E-like RGB by Beer-Lambert: nuclei (H), stroma (E) and mixtures with known unit stain OD vectors."
+    g = np.random.default_rng(seed); k = int(np.prod(shape))
+    S = np.stack([v / np.linalg.norm(v) for v in stains], 1)
+    kind = g.choice(3, k, p=[0.3, 0.35, 0.35]); c = g.uniform(0.2, 0.9, (2, k))
+    c[1, kind == 0] = g.uniform(0, 0.05, (kind == 0).sum()); c[0, kind == 0] = g.uniform(0.3, 1.5, (kind == 0).sum())
+    c[0, kind == 1] = g.uniform(0, 0.05, (kind == 1).sum()); c[1, kind == 1] = g.uniform(0.6, 1.5, (kind == 1).sum())
+    return np.clip(255 * np.exp(-(S @ c).T), 0, 255).round().astype(np.uint8).reshape(*shape, 3)
+
+
+def pyramid_slide(path, stains=(H_OD, E_OD), size=256, seed=0):
+    "A tiled, 3-level pyramidal TIFF (what openslide reads as 'generic-tiff'): an H&E-like tissue disc on white."
+    import tifffile
+    yy, xx = np.mgrid[:size, :size]
+    img = np.full((size, size, 3), 250, np.uint8)
+    disc = (yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (0.43 * size) ** 2
+    img[disc] = he_rgb((size, size), stains, seed)[disc]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tifffile.TiffWriter(path) as t:
+        for k in range(3):
+            t.write(np.ascontiguousarray(img[::2 ** k, ::2 ** k]), tile=(64, 64), photometric='rgb', compression='zlib',
+                    subfiletype=1 if k else 0)
+    return img
+
+
+def test_camelyon16_openslide_pyramid_and_macenko(tmp_path):
+    """Tiled pyramidal TIFFs go through openslide (levels, exact level-0 regions), and Macenko normalisation gives the
+    prepared patches the stain vectors of the reference tile."""
+    osl = pytest.importorskip('openslide'); pytest.importorskip('tifffile')
+    from PIL import Image
+    from uad_notebooks.prepare import macenko_stains
+    cam = script('camelyon16')
+    raw, box = tmp_path / 'raw', (96, 160, 96, 160)
+    src_stains = (np.array([0.45, 0.55, 0.70]), np.array([0.25, 0.75, 0.61]))   # another lab's colours
+    img = pyramid_slide(raw / 'training' / 'normal' / 'normal_001.tif', src_stains, seed=1)
+    pyramid_slide(raw / 'training' / 'tumor' / 'tumor_001.tif', src_stains, seed=2)
+    asap_xml(raw / 'training' / 'lesion_annotations' / 'tumor_001.xml', box)
+    pyramid_slide(raw / 'testing' / 'images' / 'test_001.tif', src_stains, seed=3)
+    (raw / 'testing' / 'reference.csv').write_text('test_001,Normal\n')
+    sl = cam.Slide(raw / 'training' / 'normal' / 'normal_001.tif')
+    assert sl.reader == 'openslide' and sl.s.level_count == 3 and sl.size == (256, 256)
+    assert (sl.region(70, 90, 40, 24) == img[90:114, 70:110]).all()
+    assert sl.thumbnail(16).shape == (16, 16, 3)
+    target = he_rgb((64, 64), (H_OD, E_OD), seed=9)
+    Image.fromarray(target).save(tmp_path / 'target.png')
+    args = ['--patch-size', 48, '--out-size', 48, '--per-slide', 3, '--split-variant', 'generated']
+    rows, prov = prepare_and_check('camelyon16', raw, tmp_path / 'norm', *args, '--stain-norm', 'macenko',
+                                   '--stain-target', tmp_path / 'target.png')
+    assert {(r['split'], r['label']) for r in rows} == {('train', '0'), ('val', '1'), ('test', '0')}
+    assert any(st['name'] == 'read slides' and st['reader'] == ['openslide'] for st in prov['steps'])
+    assert any(st['name'] == 'stain normalisation' for st in prov['steps'])
+    cos = lambda a, b: float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+    want, _ = macenko_stains(target)
+    patch = np.asarray(Image.open(tmp_path / 'norm' / rows[0]['image']).convert('RGB'))
+    got, _ = macenko_stains(patch)
+    assert min(cos(got[:, 0], want[:, 0]), cos(got[:, 1], want[:, 1])) > 0.99
+    rows2, prov2 = prepare_and_check('camelyon16', raw, tmp_path / 'plain', *args, '--stain-norm', 'none')
+    raw_patch = np.asarray(Image.open(tmp_path / 'plain' / rows2[0]['image']).convert('RGB'))
+    before, _ = macenko_stains(raw_patch)
+    assert cos(before[:, 1], src_stains[1]) > 0.99 and cos(before[:, 1], want[:, 1]) < 0.97   # it did change colour
+    with pytest.raises(FileNotFoundError, match='stain-target'):
+        run('camelyon16', 'prepare', '--raw-dir', raw, '--out-dir', tmp_path / 'x', *args, '--stain-norm', 'macenko')
 
 
 def test_every_script_has_help():

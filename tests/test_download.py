@@ -214,3 +214,25 @@ def test_script_fetches_pinned_splits_and_prepare_verifies_them(server, tmp_path
             f['image'] = np.zeros((8, 8, 4)); f['mask'] = np.zeros((8, 8, 3), np.uint8)
     with pytest.raises(ChecksumError, match='normal_val_samples.txt.*changed since'):
         mod.run(mod.SCRIPT, ['prepare', '--raw-dir', str(tmp_path), '--out-dir', str(tmp_path / 'out')])
+
+
+def test_shipped_split_files_are_verified_against_upstream(server, tmp_path, capsys):
+    """A shipped (pinned) split file is installed offline; with upstream reachable it is compared: the same text
+    passes (also with CRLF line endings), another text fails; an unreachable upstream is reported, not fatal."""
+    commit, path = 'c' * 40, 'Data/splits/MSLUB_val.csv'
+    txt = b',img_name\n0,patient01\n1,patient02\n'
+    ship = tmp_path / 'shipped.csv'; ship.write_bytes(txt)
+    spec = LocalSplits('owner/repo', commit, [path], sha256={path: hashlib.sha256(txt).hexdigest()}, shipped={path: ship})
+    spec.base = server.url
+    url = f'/owner/repo/{commit}/{path}'
+    server.files[url] = txt.replace(b'\n', b'\r\n')                 # a CRLF copy upstream is the same text
+    assert fetch_split_files(spec, tmp_path / 'a') == {path: spec.sha256[path]}
+    assert (tmp_path / 'a' / 'MSLUB_val.csv').read_bytes() == txt and 'upstream copy verified' in capsys.readouterr().out
+    assert not list((tmp_path / 'a').glob('.upstream*'))           # the comparison copy is removed
+    server.files[url] = txt + b'2,patient03\n'                      # upstream differs from the pin: loud failure
+    with pytest.raises(ChecksumError, match='not the published'): fetch_split_files(spec, tmp_path / 'b')
+    del server.files[url]                                          # upstream gone (404): the pinned copy still serves
+    assert fetch_split_files(spec, tmp_path / 'c') == {path: spec.sha256[path]}
+    assert 'could not reach' in capsys.readouterr().out
+    assert fetch_split_files(spec, tmp_path / 'd', upstream=False) == {path: spec.sha256[path]}
+    assert len(server.gets(url)) == 3                               # the offline call did not ask

@@ -4,7 +4,7 @@
 
 # %% ../nbs/01a_download.ipynb #c002
 from __future__ import annotations
-import http.client, os, tarfile, time, urllib.error, urllib.request, zipfile
+import hashlib, http.client, os, shutil, tarfile, time, urllib.error, urllib.request, zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from tqdm.auto import tqdm
@@ -13,7 +13,8 @@ from .core import sha256_file
 
 # %% auto #0
 __all__ = ['ChecksumError', 'sha256sum', 'verify_file', 'download', 'safe_members', 'extract', 'ManualStep', 'Resource',
-           'fetch_resources', 'SplitFiles', 'fetch_split_files', 'verify_recorded']
+           'fetch_resources', 'text_sha256', 'verify_split_file', 'SplitFiles', 'install_shipped', 'check_upstream',
+           'fetch_split_files', 'verify_recorded']
 
 # %% ../nbs/01a_download.ipynb #c004
 class ChecksumError(ValueError):
@@ -172,39 +173,91 @@ def fetch_resources(resources, raw_dir, progress: bool = True) -> dict:
         if r.extract: extract(p, raw_dir)
     return out
 
+def text_sha256(path) -> str:
+    "SHA-256 of a text file read with CRLF line endings turned into LF."
+    return hashlib.sha256(Path(path).read_bytes().replace(b'\r\n', b'\n')).hexdigest()
+
+def verify_split_file(path, sha256: str | None = None) -> str:
+    "The pinned `sha256` if `path` matches it exactly or up to CRLF line endings (else `ChecksumError`); its hash if no pin."
+    path = Path(path)
+    if not path.is_file(): raise FileNotFoundError(f"{path} does not exist")
+    exact = sha256sum(path)
+    if sha256 is None or exact == sha256.lower(): return exact
+    if text_sha256(path) == sha256.lower(): return sha256.lower()
+    raise ChecksumError(f"{path}: sha256 {exact}, expected {sha256.lower()}: not the published split file "
+                        f"(edited, or another version)")
+
+# %% ../nbs/01a_download.ipynb #c019
 @dataclass
 class SplitFiles:
     "Split files published in a paper's repository, pinned to one commit."
     repo: str # owner/name on GitHub
     commit: str # full 40-hex commit
     paths: list # paths inside the repository
-    sha256: dict = field(default_factory=dict) # path -> expected hash, where known
+    sha256: dict = field(default_factory=dict) # path -> pinned hash (of the LF text), where verified
     commits: dict = field(default_factory=dict) # path -> commit, where a file was pinned at another commit
     optional: list = field(default_factory=list) # paths that may be absent upstream (a 404 is reported, not fatal)
+    shipped: dict = field(default_factory=dict) # path -> copy of the file kept in this repository (pinned in `sha256`)
 
     def url(self, path: str) -> str:
         return f"https://raw.githubusercontent.com/{self.repo}/{self.commits.get(path, self.commit)}/{path}"
 
     def local(self, split_dir, path) -> Path: return Path(split_dir) / Path(path).name
 
-def fetch_split_files(spec: SplitFiles, split_dir, progress: bool = False) -> dict:
-    "Fetch every split file of `spec` into `split_dir` (needs the internet); return {path: sha256}."
+def install_shipped(spec: SplitFiles, split_dir) -> dict:
+    "Copy the shipped split files missing from `split_dir` there; verify every one present. Offline. {path: status}."
     out = {}
+    for p, src in spec.shipped.items():
+        if p not in spec.sha256: raise ValueError(f"shipped split file {p} has no pinned sha256 in the SplitFiles spec")
+        verify_split_file(src, spec.sha256[p])          # a damaged checkout must not pass as the published list
+        dest = spec.local(split_dir, p)
+        if dest.exists():
+            try: verify_split_file(dest, spec.sha256[p])
+            except ChecksumError as e:
+                raise ChecksumError(f"{e}; the hash of {p} is pinned in this repository: delete {dest} to use the "
+                                    f"shipped copy") from None
+            out[p] = 'present, matches the pin'
+        else:
+            dest.parent.mkdir(parents=True, exist_ok=True); shutil.copyfile(src, dest); out[p] = 'copied from the shipped copy'
+    return out
+
+def check_upstream(spec: SplitFiles, path: str, tmp_dir, progress: bool = False) -> str:
+    "Fetch `path` at its pinned commit into `tmp_dir` and compare it with the pin; the file is removed afterwards."
+    tmp = Path(tmp_dir) / ('.upstream_' + spec.local('.', path).name)
+    try:
+        download(spec.url(path), tmp, progress=progress)
+        return verify_split_file(tmp, spec.sha256[path])
+    finally:
+        for f in (tmp, tmp.with_name(tmp.name + '.part')):
+            if f.exists(): f.unlink()
+
+def fetch_split_files(spec: SplitFiles, split_dir, progress: bool = False, upstream: bool = True) -> dict:
+    "Put every split file of `spec` into `split_dir`: shipped copies offline (checked upstream when `upstream`), the rest downloaded. {path: sha256}."
+    out, split_dir = {}, Path(split_dir)
+    status = install_shipped(spec, split_dir)
     for p in spec.paths:
-        try: out[p] = sha256sum(download(spec.url(p), spec.local(split_dir, p), sha256=spec.sha256.get(p), progress=progress))
+        if p in spec.shipped:
+            out[p] = spec.sha256[p]
+            if not upstream: print(f"{p}: {status[p]} (pinned; upstream not contacted)"); continue
+            try: check_upstream(spec, p, split_dir, progress); print(f"{p}: {status[p]}; upstream copy verified")
+            except ConnectionError as e: print(f"{p}: {status[p]}; could not reach {spec.url(p)} to verify it ({e})")
+            continue
+        if not upstream: continue
+        try: dest = download(spec.url(p), spec.local(split_dir, p), progress=progress)
         except ConnectionError as e:
             if p not in spec.optional or 'HTTP 404' not in str(e): raise
-            print(f"optional split file {p} not found at {spec.url(p)}; the script falls back to its own sampling")
+            print(f"optional split file {p} not found at {spec.url(p)}; the script falls back to its own sampling"); continue
+        try: out[p] = verify_split_file(dest, spec.sha256.get(p))
+        except ChecksumError: dest.unlink(); raise
     return out
 
 def verify_recorded(split_dir, spec: SplitFiles, recorded: dict | None = None) -> dict:
-    "Hash the split files present in `split_dir`; raise `ChecksumError` where a known or recorded hash differs."
+    "Hash the split files present in `split_dir`; raise `ChecksumError` where a pinned or recorded hash differs."
     out = {}
     for p in spec.paths:
         f = spec.local(split_dir, p)
         if not f.exists() and p in spec.optional: continue
         if not f.exists(): raise FileNotFoundError(f"split file {f} missing; run `download` on a connected machine "
                                                   f"(fetches {spec.url(p)}) or place it there by hand")
-        want = spec.sha256.get(p) or (recorded or {}).get(p)
-        out[p] = verify_file(f, want)
+        out[p] = verify_split_file(f, spec.sha256.get(p) or (recorded or {}).get(p))
     return out

@@ -14,8 +14,9 @@ from scipy import ndimage
 __all__ = ['MANIFEST_COLUMNS', 'volume_to_slices', 'slice_labels', 'select_slices', 'resize2d', 'center_crop', 'crop_or_pad',
            'bbox', 'crop_to_mask', 'resample', 'zscore_in_mask', 'percentile_scale', 'to_uint8', 'histogram_equalize',
            'otsu_threshold', 'largest_component', 'threshold_mask', 'tissue_mask', 'patch_grid', 'sample_patches',
-           'extract_patch', 'split_subjects', 'clean_split', 'save_image', 'write_manifest', 'read_manifest',
-           'optional_import', 'Provenance', 'count_rows', 'check_prepared']
+           'extract_patch', 'rgb_to_od', 'od_to_rgb', 'macenko_stains', 'MacenkoNormalizer', 'split_subjects',
+           'clean_split', 'save_image', 'write_manifest', 'read_manifest', 'optional_import', 'Provenance',
+           'count_rows', 'check_prepared']
 
 # %% ../nbs/01b_prepare.ipynb #c004
 def volume_to_slices(vol: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -162,6 +163,57 @@ def extract_patch(img: np.ndarray, rc, size: int) -> np.ndarray:
     return img[r:r + size, c:c + size]
 
 # %% ../nbs/01b_prepare.ipynb #c019
+def rgb_to_od(rgb: np.ndarray, io: float = 255.) -> np.ndarray:
+    "Optical density -ln(I / I0) of an RGB array (any shape ending in 3); I is floored at 1 to avoid log(0)."
+    return -np.log(np.maximum(np.asarray(rgb, np.float64), 1.) / io)
+
+def od_to_rgb(od: np.ndarray, io: float = 255.) -> np.ndarray:
+    "Inverse of `rgb_to_od`, rounded and clipped to uint8."
+    return np.clip(io * np.exp(-od), 0, 255).round().astype(np.uint8)
+
+def macenko_stains(rgb: np.ndarray, # (H, W, 3) uint8 RGB tile with tissue
+                   beta: float = 0.15, # OD threshold per channel that separates tissue from background
+                   alpha: float = 1.0, # percentile of the angle taken as each stain's extreme direction
+                   io: float = 255., # background intensity I0
+                   ) -> tuple:
+    "Macenko's estimate: (stains (3, 2): unit OD vectors [haematoxylin, eosin], 99th-percentile concentrations (2,))."
+    rgb = np.asarray(rgb)
+    if rgb.ndim != 3 or rgb.shape[-1] != 3: raise ValueError(f"rgb must be (H, W, 3), got shape {rgb.shape}")
+    od = rgb_to_od(rgb.reshape(-1, 3), io)
+    tissue = od[(od > beta).all(1)]
+    if len(tissue) < 50: raise ValueError(f"only {len(tissue)} tissue pixels (OD > {beta} in every channel): "
+                                         f"this tile is background, it has no stain to estimate")
+    _, vecs = np.linalg.eigh(np.cov(tissue.T))
+    plane = vecs[:, [2, 1]]                                  # eigh sorts ascending: the two largest
+    plane[:, 0] *= np.sign(plane[:, 0].sum()) or 1           # first axis into the positive OD octant
+    proj = tissue @ plane
+    phi = np.arctan2(proj[:, 1], proj[:, 0])
+    lo, hi = np.percentile(phi, [alpha, 100 - alpha])
+    if hi - lo < 1e-3: raise ValueError("the tissue pixels have a single colour: two stains cannot be separated")
+    v1, v2 = plane @ [np.cos(lo), np.sin(lo)], plane @ [np.cos(hi), np.sin(hi)]
+    stains = np.stack([v1, v2] if v1[0] > v2[0] else [v2, v1], 1)
+    stains *= np.sign(stains.sum(0)); stains /= np.linalg.norm(stains, axis=0)
+    conc = np.linalg.lstsq(stains, tissue.T, rcond=None)[0]
+    return stains, np.percentile(conc, 99, axis=1)
+
+class MacenkoNormalizer:
+    "Fit on a reference tile, then `transform` tiles to its colours (Macenko et al. 2009)."
+    def __init__(self, beta: float = 0.15, alpha: float = 1.0, io: float = 255.):
+        self.beta, self.alpha, self.io, self.stains, self.max_conc = beta, alpha, io, None, None
+
+    def fit(self, target: np.ndarray):
+        self.stains, self.max_conc = macenko_stains(target, self.beta, self.alpha, self.io)
+        return self
+
+    def transform(self, rgb: np.ndarray) -> np.ndarray:
+        "`rgb` (H, W, 3) uint8 in the reference's stain colours and concentration range."
+        if self.stains is None: raise RuntimeError("MacenkoNormalizer: call fit(reference_tile) first")
+        stains, max_conc = macenko_stains(rgb, self.beta, self.alpha, self.io)
+        conc = np.linalg.lstsq(stains, rgb_to_od(np.asarray(rgb).reshape(-1, 3), self.io).T, rcond=None)[0]
+        conc *= (self.max_conc / np.maximum(max_conc, 1e-6))[:, None]
+        return od_to_rgb((self.stains @ conc).T, self.io).reshape(np.shape(rgb))
+
+# %% ../nbs/01b_prepare.ipynb #c024
 def split_subjects(subjects, fractions: dict, seed: int = 0) -> dict:
     "Assign each unique subject to a split with the given fractions (seeded, order-independent): {subject: split}."
     subs = sorted(set(subjects))
@@ -189,7 +241,7 @@ def clean_split(lists: dict) -> tuple:
         clean[k] = out; seen |= set(out)
     return {k: clean[k] for k in lists}, dict(removed)
 
-# %% ../nbs/01b_prepare.ipynb #c022
+# %% ../nbs/01b_prepare.ipynb #c027
 MANIFEST_COLUMNS = ['split', 'subject', 'label', 'image', 'mask', 'brain']
 
 def save_image(arr: np.ndarray, path, affine=None) -> Path:
@@ -226,7 +278,7 @@ def read_manifest(data_dir) -> list:
     if not p.exists(): raise FileNotFoundError(f"{p} not found: run the dataset's `prepare` step first")
     with open(p, newline='') as f: return list(csv.DictReader(f))
 
-# %% ../nbs/01b_prepare.ipynb #c023
+# %% ../nbs/01b_prepare.ipynb #c028
 def _versions() -> dict:
     out = {'python': platform.python_version()}
     for m in ('numpy', 'scipy', 'nibabel', 'pydicom', 'PIL', 'h5py', 'SimpleITK', 'openslide', 'uad_notebooks'):
@@ -262,7 +314,7 @@ def count_rows(rows) -> Counter:
     "Counter of (split, label) over manifest rows."
     return Counter((r['split'], int(r['label'])) for r in rows)
 
-# %% ../nbs/01b_prepare.ipynb #c026
+# %% ../nbs/01b_prepare.ipynb #c031
 def _file_sha(p: Path) -> str:
     h = hashlib.sha256()
     with open(p, 'rb') as f:
