@@ -13,6 +13,8 @@ _LAZY = {
     "MemMCMAE": "memmc_mae",
     "PerceptualLoss": "perceptual", "PerceptualAE": "perceptual_ae",
     "MaskedDDPM": "masked_ddpm",
+    "mask_ratio_explorer": "explorers", "memory_explorer": "explorers", "noise_explorer": "explorers",
+    "threshold_explorer": "explorers",
 }
 __all__ = sorted(_LAZY)
 
