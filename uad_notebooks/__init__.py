@@ -15,6 +15,7 @@ _LAZY = {
     "MaskedDDPM": "masked_ddpm",
     "mask_ratio_explorer": "explorers", "memory_explorer": "explorers", "noise_explorer": "explorers",
     "threshold_explorer": "explorers",
+    "IntensityBaseline": "compare", "fit_method": "compare", "run_comparison": "compare",
 }
 __all__ = sorted(_LAZY)
 
