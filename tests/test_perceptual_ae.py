@@ -9,7 +9,7 @@ import torch
 from uad_notebooks.perceptual import (PerceptualLoss, VGG19_LAYERS, vgg19_layer_index, build_vgg19_features,
                                       load_vgg19_weights, relative_l1, to_vgg_input)
 from uad_notebooks.perceptual_ae import (PerceptualAE, dpa_demo, dpa_nih_pa, dpa_camelyon16, dpa_cifar10, stage_steps,
-                                         nih_transform, dpa_datasets, DPA_RECIPES)
+                                         nih_transform, dpa_datasets, DPA_RECIPES, DEMO_LAYERS, DEMO_SELECTION, NIH_LAYERS)
 from uad_notebooks.hparam_search import subject_folds, cross_validate, choose, grid, confined_anomalies
 
 
@@ -130,6 +130,16 @@ def test_presets_shapes_and_budgets():
     assert set(DPA_RECIPES) >= {"nih_pa", "nih_ap", "nih_subset", "camelyon16", "demo"}
 
 
+def test_demo_preset_follows_its_selection():
+    """The demo preset is what DEMO_SELECTION chose on validation; the paper's layers stay one argument away."""
+    m = quiet(dpa_demo, vgg_weights="random")
+    chosen = DEMO_SELECTION["chosen"]
+    assert m.layers == {int(k): v for k, v in chosen["layers"].items()} == DEMO_LAYERS
+    assert m.encoder.last[-1].out_channels == chosen["latent_dim"]
+    assert chosen == max(DEMO_SELECTION["candidates"], key=lambda c: c["val_auroc"])   # the rule: best validation AUROC
+    assert quiet(dpa_demo, layers=NIH_LAYERS, vgg_weights="random").layers[64] == "relu3_2"
+
+
 def test_bad_inputs():
     m = quiet(dpa_demo, vgg_weights="random")
     with pytest.raises(ValueError, match="expected 64x64"): m.anomaly_score(torch.rand(1, 1, 32, 32))
@@ -157,8 +167,12 @@ def test_repro_smoke(run_repro):
     assert metrics["vgg_weights"] == metrics["provenance"]["pretrained_weights"]
     assert metrics["vgg_weights"].startswith(("random", "imagenet", "file"))
     assert metrics["feature_stats"].startswith("estimated on")
-    for f in ("reconstructions_per_stage.png", "score_hist.png", "roc.png", "loss.png", "scores_test_seed0.csv"):
+    for f in ("reconstructions_per_stage.png", "score_hist.png", "roc.png", "loss.png", "scores_test_seed0.csv",
+              "scores_val_seed0.csv"):
         assert (out / f).exists(), f
+    assert 0.0 <= metrics["per_seed"][0]["val_image"]["auroc"] <= 1.0      # the validation split has both classes
+    assert metrics["vgg_layers"] == {str(k): v for k, v in DEMO_LAYERS.items()}
+    assert metrics["selection"]["chosen"]["latent_dim"] == metrics["latent_dim"]
 
 
 def test_nih_transform_on_real_images(shared_data):

@@ -14,10 +14,10 @@ import torch.nn.functional as F
 from .perceptual import PerceptualLoss, relative_l1, vgg19_layer_index
 
 # %% auto #0
-__all__ = ['NIH_LAYERS', 'CIFAR10_CFG', 'DPA_RECIPES', 'lrelu', 'PreActBlock', 'init_weights', 'PGEncoder', 'PGDecoder',
-           'stage_names', 'parse_stage', 'default_layers', 'PerceptualAE', 'resize_to', 'dpa_nih_pa', 'dpa_nih_ap',
-           'dpa_nih_subset', 'dpa_camelyon16', 'dpa_cifar10', 'dpa_demo', 'stage_steps', 'center_crop',
-           'equalize_histogram', 'nih_transform', 'camelyon_train_crop', 'dpa_datasets']
+__all__ = ['NIH_LAYERS', 'CIFAR10_CFG', 'DEMO_LAYERS', 'DEMO_SELECTION', 'DPA_RECIPES', 'lrelu', 'PreActBlock', 'init_weights',
+           'PGEncoder', 'PGDecoder', 'stage_names', 'parse_stage', 'default_layers', 'PerceptualAE', 'resize_to',
+           'dpa_nih_pa', 'dpa_nih_ap', 'dpa_nih_subset', 'dpa_camelyon16', 'dpa_cifar10', 'dpa_demo', 'stage_steps',
+           'center_crop', 'equalize_histogram', 'nih_transform', 'camelyon_train_crop', 'dpa_datasets']
 
 # %% ../nbs/31_perceptual_ae.ipynb #c006
 def lrelu() -> nn.Module: return nn.LeakyReLU(0.2)
@@ -270,17 +270,37 @@ def dpa_cifar10(normal_class: int = 0, **kw) -> PerceptualAE:
     return PerceptualAE(**{**dict(img_size=32, in_chans=3, latent_dim=lat, latent_res=1, enc_dims=e, dec_dims=d, start_res=32,
                                   layers={32: layer}), **kw})
 
-def dpa_demo(**kw) -> PerceptualAE:
-    "The demo brain slices (1x64x64): the NIH PA architecture, growing 8 -> 64, relu2_2 at 64 to stay quick on a CPU."
-    return dpa_nih_pa(**{"layers": {8: "relu1_2", 16: "relu2_2", 32: "relu2_2", 64: "relu2_2"}, **kw})
+DEMO_LAYERS = {8: "relu1_2", 16: "relu1_2", 32: "relu1_2", 64: "relu1_1"}  # ours, for a RANDOM VGG (see below)
 
-# %% ../nbs/31_perceptual_ae.ipynb #c028
+def dpa_demo(**kw) -> PerceptualAE:
+    "The demo brain slices (1x64x64): the NIH PA architecture growing 8 -> 64, `DEMO_LAYERS` (random VGG), latent 128."
+    return dpa_nih_pa(**{"layers": DEMO_LAYERS, "latent_dim": 128, **kw})
+
+DEMO_SELECTION = dict(  # how the demo preset was chosen: measured once (2026-11-23) by a script doing what the slow
+                        # cell of 32_hparam_search does (same models, seed, data and score); reproduce with that cell
+    criterion="image AUROC of the paper's relative score on the demo's default validation split (222 normal, 90 "
+              "abnormal slices, 26 subjects, all lesion kinds); the test split was never used for a choice",
+    protocol="ours, after the paper's (spec A.7): one validation split instead of 3 folds over training normals, and "
+             "all validation lesion kinds instead of one (the demo's validation split is small)",
+    fixed=dict(vgg_weights="random (seeded)", recipe="DPA_RECIPES['demo']", seed=0, batch_size=32, lr=1e-3,
+               architecture="NIH PA: widths 16, latent 1x1, growing 8 -> 64"),
+    candidates=[dict(layers=DEMO_LAYERS, latent_dim=16, val_auroc=0.477),
+                dict(layers=DEMO_LAYERS, latent_dim=128, val_auroc=0.494)],
+    early_look="a first look at 130 steps (stab 20, trns 10, final 40), latent 16: val AUROC 0.465 with the previous "
+               "preset (relu2_2 from 16 up), 0.468 with DEMO_LAYERS, 0.450 with relu1_2 everywhere: all at chance, too short to tell",
+    conclusion="both candidates at chance on validation; the gap is noise, the rule (best validation AUROC) picks "
+               "latent 128. For scale: a no-learning baseline, the 99th intensity percentile in the brain, gives 0.63 "
+               "on this validation split (0.71 on test)",
+)
+DEMO_SELECTION["chosen"] = DEMO_SELECTION["candidates"][1]
+
+# %% ../nbs/31_perceptual_ae.ipynb #c029
 DPA_RECIPES = {
     "nih_pa": dict(lr=1e-3, batch_size=128, stab_steps=20_000, trns_steps=20_000, final_steps=10_000),
     "nih_ap": dict(lr=5e-4, batch_size=56, stab_steps=20_000, trns_steps=20_000, final_steps=7_000),
     "nih_subset": dict(lr=1e-3, batch_size=128, stab_steps=20_000, trns_steps=20_000, final_steps=3_500),
     "camelyon16": dict(lr=1e-3, batch_size=128, stab_steps=20_000, trns_steps=20_000, final_steps=8_666),
-    "demo": dict(lr=1e-3, batch_size=32, stab_steps=60, trns_steps=30, final_steps=100),  # ours: CPU-sized
+    "demo": dict(lr=1e-3, batch_size=32, stab_steps=100, trns_steps=50, final_steps=500),  # ours: CPU-sized
     **{f"cifar10_{c}": dict(lr=v[0], batch_size=128, stab_steps=0, trns_steps=0, final_steps=v[5]) for c, v in CIFAR10_CFG.items()},
 }
 
@@ -290,7 +310,7 @@ def stage_steps(stages: list[str], stab_steps: int, trns_steps: int, final_steps
     out[stages[-1]] = final_steps
     return {s: max(1, int(round(n * scale))) for s, n in out.items()}
 
-# %% ../nbs/31_perceptual_ae.ipynb #c031
+# %% ../nbs/31_perceptual_ae.ipynb #c032
 def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
     "Central `size` x `size` crop of (..., H, W)."
     h, w = x.shape[-2:]
@@ -327,7 +347,7 @@ def camelyon_train_crop(item: dict, size: int = 64) -> dict:
     for k in ("mask", "brain"): out[k] = item[k][..., t:t + size, l:l + size]
     return out
 
-# %% ../nbs/31_perceptual_ae.ipynb #c034
+# %% ../nbs/31_perceptual_ae.ipynb #c035
 def _retensor(ds, images, name):
     "A copy of ArrayDataset `ds` with new images (masks and brains resized to match)."
     from uad_notebooks.data import ArrayDataset
