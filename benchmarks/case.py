@@ -6,7 +6,6 @@ Kinds: `matmul` (machine peak), `method` (train or inference throughput of a met
 """
 from __future__ import annotations
 
-import inspect
 import json
 import statistics
 import sys
@@ -15,6 +14,8 @@ import warnings
 
 import numpy as np
 import torch
+
+from uad_notebooks.evaluate import _accepts  # the rule evaluate.predict uses to pass `brain=`
 
 MARK = "BENCH_RESULT "
 
@@ -152,10 +153,6 @@ def make_batch(B: int, C: int, S: int, dev, seed: int = 0) -> dict:
     img = torch.rand(B, C, S, S, generator=g) * brain
     return dict(image=img.to(dev), brain=brain.to(dev), label=(torch.arange(B) % 2).to(dev),
                 mask=torch.zeros(B, 1, S, S, device=dev))
-
-def _accepts(fn, name):
-    try: return name in inspect.signature(fn).parameters
-    except (TypeError, ValueError): return False
 
 def _param_groups(model, wd=0.05):
     if hasattr(model, "param_groups"): return model.param_groups(wd)
