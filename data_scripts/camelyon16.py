@@ -15,7 +15,7 @@ from _common import (DPA, DatasetScript, main, ManualStep, progress, read_lines,
 
 import numpy as np  # noqa: E402
 from uad_notebooks.prepare import (MacenkoNormalizer, optional_import, patch_grid, resize2d, sample_patches,  # noqa: E402
-                                   save_image, tissue_mask)
+                                   save_image, tissue_mask, VahadaneNormalizer)
 
 PATCH = re.compile(r'(?P<slide>(?:normal|tumor|test)_\d{3})_(?P<kind>tumor|normal)_x_(?P<x>\d+)_y_(?P<y>\d+)_w_(?P<w>\d+)_h_(?P<h>\d+)')
 LISTS = {'normal/train': ('train', 0), 'anomaly/train': ('val', 1), 'normal/test': ('test', 0), 'anomaly/test': ('test', 1)}
@@ -162,8 +162,9 @@ def prepare(raw_dir, out_dir, args, prov):
 
 
 def stain_normalizer(slides, args, prov):
-    "A fitted MacenkoNormalizer (DPA steps 5-6, with Macenko in place of Vahadane), or None where skipped (recorded)."
+    "A normaliser fitted to DPA's reference (steps 5-6): Vahadane, or Macenko on request; None where skipped (recorded)."
     vahadane = 'Vahadane stain normalisation (DPA steps 5-6)'
+    method = 'macenko' if args.stain_norm == 'macenko' else 'vahadane'      # auto -> vahadane when there is a reference
     if args.stain_norm == 'none':
         prov.skip(vahadane, 'switched off (--stain-norm none)', 'patches keep their original staining'); return None
     if args.stain_target:
@@ -175,14 +176,23 @@ def stain_normalizer(slides, args, prov):
             raise ValueError(f'{slides[TARGET[0]]}: {sl.size} px is too small for DPA\'s stain reference crop at ({x}, {y})')
         target = resize2d(sl.region(x, y, side, side), side // 4, 1).clip(0, 255).astype(np.uint8)
         src = f'{TARGET[0]} level 0 crop x={x} y={y} side={side} (downsampled x4 for the fit)'
-    elif args.stain_norm == 'macenko':
-        raise FileNotFoundError(f'--stain-norm macenko needs a reference: {TARGET[0]}.tif under --raw-dir, or --stain-target')
+    elif args.stain_norm != 'auto':
+        raise FileNotFoundError(f'--stain-norm {args.stain_norm} needs a reference: {TARGET[0]}.tif under --raw-dir, '
+                                f'or --stain-target')
     else:
         prov.skip(vahadane, f'no reference ({TARGET[0]}.tif absent, no --stain-target)', 'patches keep their original staining')
         return None
-    norm = MacenkoNormalizer().fit(target)
-    prov.skip(vahadane, 'not implemented here (needs staintools/spams)', 'Macenko normalisation used instead (numpy)')
-    prov.step('stain normalisation', method='Macenko et al. 2009 (uad_notebooks.prepare.MacenkoNormalizer)', target=src,
+    if method == 'vahadane':
+        params = dict(lambda_=0.1, beta=0.15, n_pixels=10000, seed=0, lambda_code=0.01)
+        norm = VahadaneNormalizer(**params).fit(target)
+        desc = ('Vahadane et al. 2016, sparse non-negative stain separation (uad_notebooks.prepare.VahadaneNormalizer, '
+                'a numpy re-implementation from the paper)')
+    else:
+        params = dict(beta=0.15, alpha=1.0)
+        norm = MacenkoNormalizer(**params).fit(target)
+        desc = 'Macenko et al. 2009 (uad_notebooks.prepare.MacenkoNormalizer)'
+        prov.skip(vahadane, 'not chosen (--stain-norm macenko)', 'Macenko normalisation (numpy)')
+    prov.step('stain normalisation', method=method, description=desc, params=params, target=src,
               stains_rgb_od=np.round(norm.stains.T, 4).tolist(), max_concentration=np.round(norm.max_conc, 4).tolist())
     return norm
 
@@ -191,9 +201,9 @@ def add_arguments(p):
     p.add_argument('--patch-size', type=int, default=768, help='patch side at level 0 (x40), DPA: 768')
     p.add_argument('--out-size', type=int, default=192, help='saved patch side (DPA x10: 192)')
     p.add_argument('--per-slide', type=int, default=50, help='at most this many patches per slide (DPA: 50)')
-    p.add_argument('--stain-norm', choices=['auto', 'macenko', 'none'], default='auto',
-                   help="Macenko stain normalisation to DPA's reference crop of normal_056 (auto: when that slide or "
-                        "--stain-target is there; DPA used Vahadane)")
+    p.add_argument('--stain-norm', choices=['auto', 'vahadane', 'macenko', 'none'], default='auto',
+                   help="stain normalisation to DPA's reference crop of normal_056 (or --stain-target): vahadane (DPA's "
+                        "method), macenko, or none; auto = vahadane when a reference is there, else none (recorded)")
     p.add_argument('--stain-target', default=None, help='an RGB image to use as the stain reference instead')
 
 

@@ -570,6 +570,128 @@ def test_camelyon16_openslide_pyramid_and_macenko(tmp_path):
         run('camelyon16', 'prepare', '--raw-dir', raw, '--out-dir', tmp_path / 'x', *args, '--stain-norm', 'macenko')
 
 
+# Vahadane stain normalisation (uad_notebooks.prepare.vahadane_stains / VahadaneNormalizer)
+VH_H, VH_E = np.array([0.65, 0.70, 0.29]), np.array([0.07, 0.99, 0.11])   # haematoxylin, a pale-red-absorbing eosin
+
+
+def unit_cos(a, b): return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+def sparse_he(n, stains, seed, background=0.2):
+    """(rgb (n, n, 3) uint8, true concentrations (n*n, 2)): Beer-Lambert with random sparse non-negative
+    concentrations (H only, E only, or both) and a white background band (the top `background` of the rows)."""
+    g = np.random.default_rng(seed); k = n * n
+    S = np.stack([v / np.linalg.norm(v) for v in stains], 1)
+    c = g.gamma(2.0, 0.35, (k, 2))                                   # non-negative, mean 0.7
+    kind = g.choice(3, k, p=[0.35, 0.35, 0.3])                       # 0: H only, 1: E only, 2: both
+    c[kind == 0, 1] = 0; c[kind == 1, 0] = 0
+    c[: int(background * n) * n] = 0                                 # background rows: no stain
+    rgb = np.clip(255 * np.exp(-c @ S.T), 0, 255).round().astype(np.uint8).reshape(n, n, 3)
+    return rgb, c
+
+
+def test_vahadane_recovers_known_stains():
+    """The stain vectors of a tile made from known stains come back, haematoxylin first (several seeds), and the
+    vectorised solver finds the same stains as scikit-learn's DictionaryLearning."""
+    from uad_notebooks.prepare import vahadane_stains, macenko_stains
+    for seed in range(3):
+        rgb, _ = sparse_he(96, (VH_H, VH_E), seed)
+        S, max_conc = vahadane_stains(rgb)
+        assert S.shape == (3, 2) and np.allclose(np.linalg.norm(S, axis=0), 1) and (S >= 0).all()
+        assert unit_cos(S[:, 0], VH_H) > 0.995 and unit_cos(S[:, 1], VH_E) > 0.995, S
+        assert (max_conc > 0).all()
+        again, _ = vahadane_stains(rgb)
+        assert np.array_equal(again, S)                                # seeded: deterministic
+    rgb, _ = sparse_he(64, (VH_E, VH_H), 5)                           # stains given in the wrong order: still H first
+    assert unit_cos(vahadane_stains(rgb)[0][:, 0], VH_H) > 0.995
+    sk, _ = vahadane_stains(rgb, n_pixels=800, solver='sklearn')
+    ex, _ = vahadane_stains(rgb, n_pixels=800)
+    assert min(unit_cos(sk[:, 0], ex[:, 0]), unit_cos(sk[:, 1], ex[:, 1])) > 0.999
+
+
+def test_vahadane_normalisation_to_target():
+    """A tile from another lab's stains, normalised toward a target, gets the target's stain vectors and
+    concentration range and keeps its own concentration structure."""
+    from uad_notebooks.prepare import VahadaneNormalizer, rgb_to_od, stain_concentrations, vahadane_stains
+    target, _ = sparse_he(96, (VH_H, VH_E), 0)
+    src_stains = (np.array([0.45, 0.55, 0.70]), np.array([0.25, 0.75, 0.61]))
+    source, c_true = sparse_he(96, src_stains, 1)
+    c_true = c_true * (0.6, 1.5)                                      # and a different staining strength
+    S_src = np.stack([v / np.linalg.norm(v) for v in src_stains], 1)
+    source = np.clip(255 * np.exp(-c_true @ S_src.T), 0, 255).round().astype(np.uint8).reshape(96, 96, 3)
+    norm = VahadaneNormalizer().fit(target)
+    assert unit_cos(norm.stains[:, 0], VH_H) > 0.995 and unit_cos(norm.stains[:, 1], VH_E) > 0.995
+    out = norm.transform(source)
+    assert out.shape == source.shape and out.dtype == np.uint8
+    got, got_max = vahadane_stains(out)
+    for j in range(2):
+        assert unit_cos(got[:, j], norm.stains[:, j]) > 0.99               # the target's stains ...
+        assert unit_cos(got[:, j], S_src[:, j]) < 0.97                     # ... not the source's
+    assert np.allclose(got_max, norm.max_conc, rtol=0.1)                # and its concentration range
+    c_out = stain_concentrations(rgb_to_od(out.reshape(-1, 3)), norm.stains)
+    for j in range(2):
+        assert np.corrcoef(c_out[:, j], c_true[:, j])[0, 1] > 0.95       # structure preserved
+    assert (out.reshape(-1, 3)[: 19 * 96] >= 250).all()                 # background stays white
+    assert np.abs(norm.transform(target).astype(int) - target).mean() < 2  # the target maps (almost) to itself
+
+
+def test_vahadane_rejects_background_and_single_colour():
+    from uad_notebooks.prepare import VahadaneNormalizer, vahadane_stains
+    with pytest.raises(ValueError, match='background'):
+        vahadane_stains(np.full((32, 32, 3), 245, np.uint8))
+    with pytest.raises(ValueError, match='single colour'):
+        vahadane_stains(np.full((32, 32, 3), (150, 60, 160), np.uint8))
+    with pytest.raises(ValueError, match='must be'):
+        vahadane_stains(np.zeros((32, 32), np.uint8))
+    with pytest.raises(RuntimeError, match='fit'):
+        VahadaneNormalizer().transform(sparse_he(16, (VH_H, VH_E), 0)[0])
+    rgb, _ = sparse_he(32, (VH_H, VH_E), 0, background=0.97)           # one row of tissue only (32 px < 50)
+    with pytest.raises(ValueError, match='background'):
+        VahadaneNormalizer().fit(rgb)
+
+
+def he_tiff(path, stains, size=192, seed=0):
+    "A small plain (single-level) TIFF with an H&E-like disc on white (read by PIL, or by openslide if it can)."
+    from PIL import Image
+    yy, xx = np.mgrid[:size, :size]
+    img = np.full((size, size, 3), 248, np.uint8)
+    disc = (yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (0.45 * size) ** 2
+    img[disc] = sparse_he(size, stains, seed, background=0)[0].reshape(-1, 3)[disc.ravel()]
+    path.parent.mkdir(parents=True, exist_ok=True); Image.fromarray(img).save(path)
+
+
+def test_camelyon16_vahadane_is_the_default_with_a_reference(tmp_path):
+    """`--stain-norm auto` with a reference runs Vahadane: provenance names it (and no longer skips it), and the
+    prepared patches carry the reference's stain vectors; `--stain-norm vahadane` without a reference is an error."""
+    from PIL import Image
+    from uad_notebooks.prepare import vahadane_stains
+    raw, box = tmp_path / 'raw', (48, 144, 48, 144)
+    src = (np.array([0.45, 0.55, 0.70]), np.array([0.25, 0.75, 0.61]))
+    he_tiff(raw / 'training' / 'normal' / 'normal_001.tif', src, seed=1)
+    he_tiff(raw / 'training' / 'tumor' / 'tumor_001.tif', src, seed=2)
+    asap_xml(raw / 'training' / 'lesion_annotations' / 'tumor_001.xml', box)
+    he_tiff(raw / 'testing' / 'images' / 'test_001.tif', src, seed=3)
+    (raw / 'testing' / 'reference.csv').write_text('test_001,Normal\n')
+    target, _ = sparse_he(64, (VH_H, VH_E), 9, background=0)
+    Image.fromarray(target).save(tmp_path / 'target.png')
+    args = ['--patch-size', 40, '--out-size', 40, '--per-slide', 2, '--split-variant', 'generated']
+    rows, prov = prepare_and_check('camelyon16', raw, tmp_path / 'out', *args, '--stain-target', tmp_path / 'target.png')
+    step = [st for st in prov['steps'] if st['name'] == 'stain normalisation']
+    assert len(step) == 1 and step[0]['method'] == 'vahadane' and 'Vahadane' in step[0]['description']
+    assert step[0]['params']['lambda_'] == 0.1 and step[0]['target'] == str(tmp_path / 'target.png')
+    assert not any(s['tool'].startswith('Vahadane') for s in prov['skipped'])
+    want, _ = vahadane_stains(target)
+    for r in rows:
+        got, _ = vahadane_stains(np.asarray(Image.open(tmp_path / 'out' / r['image']).convert('RGB')))
+        assert min(unit_cos(got[:, 0], want[:, 0]), unit_cos(got[:, 1], want[:, 1])) > 0.99, r['image']
+    _, prov_m = prepare_and_check('camelyon16', raw, tmp_path / 'mac', *args, '--stain-norm', 'macenko',
+                                  '--stain-target', tmp_path / 'target.png')
+    assert [st['method'] for st in prov_m['steps'] if st['name'] == 'stain normalisation'] == ['macenko']
+    assert any(s['tool'].startswith('Vahadane') and 'macenko' in s['reason'] for s in prov_m['skipped'])
+    with pytest.raises(FileNotFoundError, match='stain-target'):
+        run('camelyon16', 'prepare', '--raw-dir', raw, '--out-dir', tmp_path / 'x', *args, '--stain-norm', 'vahadane')
+
+
 def test_every_script_has_help():
     names = ['brats2020', 'brats2021', 'ixi', 'mslub', 'luna16', 'rsna_pneumonia', 'hyper_kvasir', 'covid_cxr',
              'nih_cxr14', 'camelyon16']

@@ -14,9 +14,9 @@ from scipy import ndimage
 __all__ = ['MANIFEST_COLUMNS', 'volume_to_slices', 'slice_labels', 'select_slices', 'resize2d', 'center_crop', 'crop_or_pad',
            'bbox', 'crop_to_mask', 'resample', 'zscore_in_mask', 'percentile_scale', 'to_uint8', 'histogram_equalize',
            'otsu_threshold', 'largest_component', 'threshold_mask', 'tissue_mask', 'patch_grid', 'sample_patches',
-           'extract_patch', 'rgb_to_od', 'od_to_rgb', 'macenko_stains', 'MacenkoNormalizer', 'split_subjects',
-           'clean_split', 'save_image', 'write_manifest', 'read_manifest', 'optional_import', 'Provenance',
-           'count_rows', 'check_prepared']
+           'extract_patch', 'rgb_to_od', 'od_to_rgb', 'macenko_stains', 'MacenkoNormalizer', 'stain_concentrations',
+           'vahadane_stains', 'VahadaneNormalizer', 'split_subjects', 'clean_split', 'save_image', 'write_manifest',
+           'read_manifest', 'optional_import', 'Provenance', 'count_rows', 'check_prepared']
 
 # %% ../nbs/01b_prepare.ipynb #c004
 def volume_to_slices(vol: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -214,6 +214,105 @@ class MacenkoNormalizer:
         return od_to_rgb((self.stains @ conc).T, self.io).reshape(np.shape(rgb))
 
 # %% ../nbs/01b_prepare.ipynb #c024
+def stain_concentrations(od: np.ndarray, # (n, 3) optical densities
+                         stains: np.ndarray, # (3, 2) stain matrix, columns [haematoxylin, eosin]
+                         lambda_: float = 0.01, # l1 penalty on the concentrations
+                         ) -> np.ndarray:
+    "Exact non-negative lasso per pixel: argmin_{c >= 0} 1/2 |od - S c|^2 + lambda_ (c_1 + c_2), shape (n, 2)."
+    od, S = np.asarray(od, np.float64).reshape(-1, 3), np.asarray(stains, np.float64)
+    if S.shape != (3, 2): raise ValueError(f"stains must be (3, 2), got shape {S.shape}")
+    G, b = S.T @ S, od @ S - lambda_                         # Gram matrix; correlations minus the penalty
+    # cost up to the constant |od|^2 / 2:  f(c) = c.G.c / 2 - c.b, for each active set {}, {H}, {E}, {H, E}
+    one = [np.maximum(b[:, i], 0) / G[i, i] for i in range(2)]           # one stain: a soft threshold
+    both = np.linalg.solve(G, b.T).T                                      # both stains: the stationary point
+    cost = np.stack([np.zeros(len(od)), -0.5 * G[0, 0] * one[0] ** 2, -0.5 * G[1, 1] * one[1] ** 2,
+                     np.where((both >= 0).all(1), -0.5 * (both * b).sum(1), np.inf)])
+    c = np.zeros_like(b)
+    best = cost.argmin(0)
+    c[best == 1, 0], c[best == 2, 1], c[best == 3] = one[0][best == 1], one[1][best == 2], both[best == 3]
+    return c
+
+def _snmf2(x, lambda_, max_iter, tol):
+    "Sparse NMF of x (n, 3) into 2 unit non-negative stains (3, 2): exact coding + block-coordinate stain updates."
+    u = x / np.linalg.norm(x, axis=1, keepdims=True)
+    red = u[:, 0] / u.sum(1)                                 # share of red OD: high for haematoxylin
+    lo, hi = np.quantile(red, [0.1, 0.9])
+    S = np.stack([u[red >= hi].mean(0), u[red <= lo].mean(0)], 1)
+    S /= np.linalg.norm(S, axis=0)
+    cost = lambda S, C: 0.5 * ((x - C @ S.T) ** 2).sum() + lambda_ * C.sum()
+    prev = np.inf
+    for _ in range(max_iter):
+        C = stain_concentrations(x, S, lambda_)
+        for j in range(2):
+            d = np.maximum((x - C @ S.T + np.outer(C[:, j], S[:, j])).T @ C[:, j], 0)
+            if np.linalg.norm(d) > 1e-12: S[:, j] = d / np.linalg.norm(d)
+        f = cost(S, stain_concentrations(x, S, lambda_))
+        if prev - f <= tol * f: break
+        prev = f
+    return S
+
+def _snmf2_sklearn(x, lambda_, max_iter, tol, seed):
+    "The same objective through scikit-learn's DictionaryLearning (slow: it codes pixel by pixel)."
+    import warnings
+    from sklearn.decomposition import DictionaryLearning
+    dl = DictionaryLearning(n_components=2, alpha=lambda_, fit_algorithm='cd', positive_dict=True, positive_code=True,
+                            max_iter=max_iter, tol=tol, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')                      # convergence chatter of the inner lasso
+        return dl.fit(x).components_.T.copy()
+
+def vahadane_stains(rgb: np.ndarray, # (H, W, 3) uint8 RGB tile with tissue
+                    lambda_: float = 0.1, # sparsity weight of the stain estimate (SNMF)
+                    beta: float = 0.15, # tissue: pixels whose OD has Euclidean norm above beta
+                    n_pixels: int = 10000, # at most this many tissue pixels (seeded subsample) fit the stains
+                    seed: int = 0, # seed of the subsample (and of the sklearn solver)
+                    lambda_code: float = 0.01, # sparsity weight when coding every pixel (see below)
+                    io: float = 255., # background intensity I0
+                    solver: str = 'exact', # 'exact' (vectorised two-stain SNMF) or 'sklearn' (DictionaryLearning)
+                    max_iter: int = 200, tol: float = 1e-6, # stopping rule of the alternating minimisation
+                    ) -> tuple:
+    "Vahadane's estimate: (stains (3, 2): unit OD vectors [haematoxylin, eosin], 99th-percentile concentrations (2,))."
+    rgb = np.asarray(rgb)
+    if rgb.ndim != 3 or rgb.shape[-1] != 3: raise ValueError(f"rgb must be (H, W, 3), got shape {rgb.shape}")
+    if solver not in ('exact', 'sklearn'): raise ValueError(f"solver must be 'exact' or 'sklearn', got {solver!r}")
+    od = rgb_to_od(rgb.reshape(-1, 3), io)
+    tissue = od[np.linalg.norm(od, axis=1) > beta]
+    if len(tissue) < 50: raise ValueError(f"only {len(tissue)} tissue pixels (|OD| > {beta}): "
+                                         f"this tile is background, it has no stain to estimate")
+    x = tissue
+    if len(x) > n_pixels: x = x[np.random.default_rng(seed).choice(len(x), n_pixels, replace=False)]
+    u = x / np.linalg.norm(x, axis=1, keepdims=True)
+    if np.sqrt(((u - u.mean(0)) ** 2).sum(1).mean()) < 1e-3:    # rms spread of the OD directions
+        raise ValueError("the tissue pixels have a single colour: two stains cannot be separated")
+    S = _snmf2(x, lambda_, max_iter, tol) if solver == 'exact' else _snmf2_sklearn(x, lambda_, max_iter, tol, seed)
+    norm = np.linalg.norm(S, axis=0)
+    if (norm < 1e-9).any(): raise ValueError("the tissue pixels have a single colour: one stain stayed empty")
+    S = S / norm
+    if S[0, 0] < S[0, 1]: S = S[:, ::-1].copy()              # haematoxylin: the larger red OD
+    conc = stain_concentrations(tissue, S, lambda_code)
+    if S[:, 0] @ S[:, 1] > 0.9999 or (conc.max(0) <= 0).any():
+        raise ValueError("the tissue pixels have a single colour: two stains cannot be separated")
+    return S, np.percentile(conc, 99, axis=0)
+
+class VahadaneNormalizer:
+    "Fit on a reference tile, then `transform` tiles to its colours (Vahadane et al. 2016); kwargs as `vahadane_stains`."
+    def __init__(self, **kwargs):
+        self.kwargs, self.stains, self.max_conc = kwargs, None, None
+        self.io, self.lambda_code = kwargs.get('io', 255.), kwargs.get('lambda_code', 0.01)
+
+    def fit(self, target: np.ndarray):
+        self.stains, self.max_conc = vahadane_stains(target, **self.kwargs)
+        return self
+
+    def transform(self, rgb: np.ndarray) -> np.ndarray:
+        "`rgb` (H, W, 3) uint8 rebuilt from its own concentrations, rescaled, with the reference's stains."
+        if self.stains is None: raise RuntimeError("VahadaneNormalizer: call fit(reference_tile) first")
+        stains, max_conc = vahadane_stains(rgb, **self.kwargs)
+        conc = stain_concentrations(rgb_to_od(np.asarray(rgb).reshape(-1, 3), self.io), stains, self.lambda_code)
+        conc *= self.max_conc / np.maximum(max_conc, 1e-6)
+        return od_to_rgb(conc @ self.stains.T, self.io).reshape(np.shape(rgb))
+
+# %% ../nbs/01b_prepare.ipynb #c031
 def split_subjects(subjects, fractions: dict, seed: int = 0) -> dict:
     "Assign each unique subject to a split with the given fractions (seeded, order-independent): {subject: split}."
     subs = sorted(set(subjects))
@@ -241,7 +340,7 @@ def clean_split(lists: dict) -> tuple:
         clean[k] = out; seen |= set(out)
     return {k: clean[k] for k in lists}, dict(removed)
 
-# %% ../nbs/01b_prepare.ipynb #c027
+# %% ../nbs/01b_prepare.ipynb #c034
 MANIFEST_COLUMNS = ['split', 'subject', 'label', 'image', 'mask', 'brain']
 
 def save_image(arr: np.ndarray, path, affine=None) -> Path:
@@ -278,7 +377,7 @@ def read_manifest(data_dir) -> list:
     if not p.exists(): raise FileNotFoundError(f"{p} not found: run the dataset's `prepare` step first")
     with open(p, newline='') as f: return list(csv.DictReader(f))
 
-# %% ../nbs/01b_prepare.ipynb #c028
+# %% ../nbs/01b_prepare.ipynb #c035
 def _versions() -> dict:
     out = {'python': platform.python_version()}
     for m in ('numpy', 'scipy', 'nibabel', 'pydicom', 'PIL', 'h5py', 'SimpleITK', 'openslide', 'uad_notebooks'):
@@ -314,7 +413,7 @@ def count_rows(rows) -> Counter:
     "Counter of (split, label) over manifest rows."
     return Counter((r['split'], int(r['label'])) for r in rows)
 
-# %% ../nbs/01b_prepare.ipynb #c031
+# %% ../nbs/01b_prepare.ipynb #c038
 def _file_sha(p: Path) -> str:
     h = hashlib.sha256()
     with open(p, 'rb') as f:
