@@ -701,3 +701,99 @@ def test_every_script_has_help():
         assert s.resources or s.manual, f'{n}: neither an automated download nor a manual step'
     r = subprocess.run([sys.executable, str(SCRIPTS / 'ixi.py'), 'prepare', '--help'], capture_output=True, text=True)
     assert r.returncode == 0 and '--split-variant' in r.stdout and '--crop-shape' in r.stdout
+
+
+# ------------------------------------------------------------------------------------ pDDPM chain, real anatomy
+def ramp_biased_mni152(raw, subject, spacing=1.2):
+    """nilearn's MNI152 T1 template (skull-stripped; shipped with nilearn, never downloaded) at 2 mm, its voxels
+    written with a `spacing` mm voxel size (a real brain scaled to 60 %, so that the chain's 1 mm grid stays small and
+    the test fast) and multiplied by a smooth bias field, a linear ramp 0.7 -> 1.3 along x (left -> right), as
+    raw/<subject>-T2.nii.gz; its white-matter mask (nilearn's WM template > 0.5, same grid) goes to raw/../wm.nii.gz.
+    Returns (biased volume, WM mask) as written."""
+    from nilearn.datasets import load_mni152_template, load_mni152_wm_template
+    t1 = np.clip(np.asarray(load_mni152_template(resolution=2).dataobj, np.float32), 0, None)
+    wm = np.asarray(load_mni152_wm_template(resolution=2).dataobj, np.float32) > 0.5
+    vol = t1 * np.linspace(0.7, 1.3, t1.shape[0], dtype=np.float32)[:, None, None]
+    nifti(raw / f'{subject}-T2.nii.gz', vol, zooms=(spacing,) * 3)
+    nifti(raw.parent / 'wm.nii.gz', wm.astype(np.uint8), zooms=(spacing,) * 3)
+    return vol, wm
+
+
+def ramp_corr(vol, mask):
+    "Correlation, inside `mask`, between the intensity and the x coordinate (the bias ramp's axis)."
+    x = np.broadcast_to(np.arange(vol.shape[0], dtype=np.float32)[:, None, None], vol.shape)
+    return float(np.corrcoef(vol[mask], x[mask])[0, 1])
+
+
+def test_pddpm_chain_on_mni152(tmp_path):
+    """The IXI chain end to end on real anatomy (the MNI152 T1 brain with 1.2 mm voxels and a 0.7 -> 1.3 bias
+    ramp): `ixi.py prepare` and `check` give a 96x96x50 volume in [0, 1], brain 1st/99th percentiles near 0/1, a
+    plausible brain mask; N4 removes the ramp (white-matter intensity no longer follows x), which the same chain
+    without N4 does not; the provenance records the skipped HD-BET and ANTs and the N4 step."""
+    pytest.importorskip('SimpleITK', reason='SimpleITK (extra `data`) runs N4 and CurvatureFlow; '
+                                            'without it the chain skips both')
+    import argparse, nibabel as nib
+    from _pddpm import Chain
+    from uad_notebooks.prepare import Provenance
+    raw, sp, s = tmp_path / 'raw', tmp_path / 'raw' / 'splits', 'IXI002-Guys-0828'
+    vol, wm = ramp_biased_mni152(raw, s)
+    corr_in = ramp_corr(vol, wm)
+    for name in ('IXI_train_fold0.csv', 'IXI_val_fold0.csv'):             # listed, but no T2 file: skipped, noted
+        pddpm_csv(sp / name, ['IXI012-HH-1211_t1.nii.gz'], '/Train/ixi/t1')
+    pddpm_csv(sp / 'IXI_test.csv', [f'{s}_t1.nii.gz'], '/Train/ixi/t1')
+    # the default chain (192x192x100 at 1 mm, 2 mm out), N4 fitted on a 3x shrunk volume: on this 60 % brain that
+    # keeps about as many voxels per axis (29-36) as the default 4x does on an adult brain (36-45)
+    rows, prov = prepare_and_check('ixi', raw, tmp_path / 'out', '--n4-shrink', 3)
+    assert {r['split'] for r in rows} == {'test'} and len(rows) == 50
+    assert any('no T2 file' in n for n in prov['notes'])
+    img = np.asarray(nib.load(str(tmp_path / 'out' / rows[0]['image'])).dataobj)
+    brain = np.asarray(nib.load(str(tmp_path / 'out' / rows[0]['brain'])).dataobj) > 0
+    assert img.shape == brain.shape == (96, 96, 50) and img.dtype == np.float32
+    assert img.min() >= 0 and img.max() <= 1 and (img[~brain] == 0).all()
+    p1, p50, p99 = np.percentile(img[brain], [1, 50, 99])
+    assert p1 < 0.05 and p99 > 0.95 and 0.3 < p50 < 0.9, (p1, p50, p99)
+    assert 0.08 < brain.mean() < 0.15, brain.mean()                         # the 60 % brain, padded to 192x192x100 mm
+    # the same chain without N4, carrying the WM mask as a label volume onto the output grid
+    ref = Chain(Provenance('t', 't'), argparse.Namespace(crop_shape=[192, 192, 100], out_spacing=2.0, no_n4=True),
+                resample_1mm=True, skull_strip='hd-bet')
+    no_n4, brain_ref, wm_out = ref(raw / f'{s}-T2.nii.gz', tmp_path / 'wm.nii.gz')
+    assert np.array_equal(brain_ref > 0, brain)                             # same geometry as the script's output
+    wm_out = (wm_out > 0) & brain
+    assert wm_out.sum() > 0.1 * brain.sum()
+    corr_no_n4, corr_out = ramp_corr(no_n4, wm_out), ramp_corr(img, wm_out)
+    thirds = np.array_split(np.nonzero(wm_out.any((1, 2)))[0], 3)          # WM mean in the left and right thirds
+    lr = lambda v: float(v[thirds[2]][wm_out[thirds[2]]].mean() / v[thirds[0]][wm_out[thirds[0]]].mean())
+    print(f'WM intensity vs x: corr input {corr_in:.3f}, chain without N4 {corr_no_n4:.3f}, with N4 {corr_out:.3f}; '
+          f'right/left WM ratio {lr(no_n4):.3f} -> {lr(img):.3f}; brain p1/p50/p99 {p1:.3f}/{p50:.3f}/{p99:.3f}, '
+          f'brain fraction {brain.mean():.3f}')
+    assert corr_in > 0.8 and corr_no_n4 > 0.7                               # the ramp dominates WM intensity ...
+    assert abs(corr_out) < 0.15 and abs(corr_out) < corr_no_n4 / 5          # ... until N4 removes it
+    assert lr(no_n4) > 1.3 and abs(lr(img) - 1) < 0.05
+    skipped = {k['tool'] for k in prov['skipped']}
+    assert 'HD-BET' in skipped and 'ANTs registration to SRI24' in skipped and 'N4 bias correction' not in skipped
+    n4 = [st for st in prov['steps'] if st['name'] == 'N4']
+    assert len(n4) == 1 and n4[0]['iterations'] == '4 x 200' and n4[0]['shrink_factor'] == 3
+    assert n4[0]['mask'] == 'brain'
+    assert any(st['name'] == 'CurvatureFlow' for st in prov['steps'])
+
+
+def test_pddpm_chain_rejects_mask_or_seg_of_another_shape(tmp_path):
+    """A brain mask (MSLUB --use-brainmask) or a segmentation whose grid differs from the image's is a clear
+    ValueError naming the file, not a silently misaligned crop."""
+    import argparse
+    from _pddpm import Chain
+    from uad_notebooks.prepare import Provenance
+    raw = tmp_path / 'raw'
+    s = 'patient01'
+    img, seg = head((20, 20, 14), lesion=(slice(8, 11), slice(8, 11), slice(4, 8)))
+    nifti(raw / s / 'raw' / f'{s}_T2W.nii.gz', img); nifti(raw / s / f'{s}_consensus_gt.nii.gz', seg)
+    nifti(raw / s / f'{s}_brainmask.nii.gz', np.ones((20, 20, 12), np.uint8))
+    with pytest.raises(ValueError, match=rf'{s}_brainmask\.nii\.gz: shape \(20, 20, 12\) differs from image'):
+        run('mslub', 'prepare', '--raw-dir', raw, '--out-dir', tmp_path / 'o', '--split-variant', 'generated',
+            '--use-brainmask', *CHAIN)
+    nifti(tmp_path / 'seg.nii.gz', seg[:, :, :10])
+    chain = Chain(Provenance('t', 't'), argparse.Namespace(crop_shape=[24, 24, 16], out_spacing=2.0, no_n4=True),
+                  resample_1mm=True, skull_strip='hd-bet')
+    with pytest.raises(ValueError, match=r'seg\.nii\.gz: shape \(20, 20, 10\) differs from image'):
+        chain(raw / s / 'raw' / f'{s}_T2W.nii.gz', tmp_path / 'seg.nii.gz')
+    assert chain(raw / s / 'raw' / f'{s}_T2W.nii.gz', raw / s / f'{s}_consensus_gt.nii.gz')[2].sum() > 0
