@@ -56,7 +56,7 @@ class ResBlock(nn.Module):
         if self.resample is not None: h, x = self.resample(h), self.resample(x)
         h = self.in_conv(h)
         scale, shift = self.emb(F.silu(emb)).type(h.dtype)[..., None, None].chunk(2, dim=1)
-        h = self.out_norm(h) * (1 + scale) + shift
+        h = torch.addcmul(shift, self.out_norm(h), 1 + scale)              # norm(h) * (1 + scale) + shift, one pass
         h = self.out_conv(self.drop(F.silu(h)))
         return self.skip(x) + h
 
@@ -78,11 +78,14 @@ class AttentionBlock(nn.Module):
 
     def forward(self, x):
         B, C, H, W = x.shape
-        qkv = self.qkv(self.norm(x).reshape(B, C, H * W))                   # (B, 3C, L)
-        q, k, v = qkv.reshape(B, 3, self.heads, C // self.heads, H * W).transpose(-1, -2).unbind(1)  # (B, h, L, d)
-        h = F.scaled_dot_product_attention(q, k, v)                          # (B, h, L, d)
-        h = h.transpose(-1, -2).reshape(B, C, H * W)
-        return x + self.proj(h).reshape(B, C, H, W)
+        # The 1x1 convolutions run as matrix products on tokens (B, L, C), so that q, k, v come out with the head
+        # dimension contiguous: PyTorch's fused (flash) attention kernels need that, else SDPA falls back to the slower
+        # math path. The parameters stay Conv1d weights (3C, C, 1), so checkpoints are unchanged.
+        t = self.norm(x).reshape(B, C, H * W).transpose(1, 2)               # (B, L, C)
+        qkv = F.linear(t, self.qkv.weight[..., 0], self.qkv.bias)           # (B, L, 3C), channels ordered (3, heads, d)
+        q, k, v = qkv.view(B, H * W, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)  # 3 x (B, h, L, d)
+        h = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, H * W, C)
+        return x + F.linear(h, self.proj.weight[..., 0], self.proj.bias).transpose(1, 2).reshape(B, C, H, W)
 
 # %% ../nbs/41_unet.ipynb #c017
 class UNet(nn.Module):
