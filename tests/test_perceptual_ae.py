@@ -173,6 +173,12 @@ def test_repro_smoke(run_repro):
     assert 0.0 <= metrics["per_seed"][0]["val_image"]["auroc"] <= 1.0      # the validation split has both classes
     assert metrics["vgg_layers"] == {str(k): v for k, v in DEMO_LAYERS.items()}
     assert metrics["selection"]["chosen"]["latent_dim"] == metrics["latent_dim"]
+    # the oracle: the exact lesion-free twin separates perfectly, a blurred one less; our seed's MSE is recorded
+    oracle, layer = metrics["oracle"], metrics["vgg_layers"]["64"]
+    assert [r["sigma"] for r in oracle][0] == 0 and oracle[0][layer] == 1.0
+    assert all(a["mse"] < b["mse"] for a, b in zip(oracle, oracle[1:]))
+    assert oracle[-1][layer] < oracle[0][layer] and metrics["per_seed"][0]["test_mse"] > 0
+    assert (out / "oracle_sharpness.png").exists()
 
 
 def test_nih_transform_on_real_images(shared_data):

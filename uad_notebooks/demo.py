@@ -19,7 +19,7 @@ from .data import ArrayDataset
 __all__ = ['DEMO_VERSION', 'SPLITS', 'SIZES', 'CONTRASTS', 'TISSUE_WEIGHTS', 'P_HYPER', 'P_TWO_LESIONS', 'mni152_anatomy',
            'DemoConfig', 'smooth_field', 'output_grid', 'random_warp', 'trilinear', 'warp_anatomy', 'tissue_contrast',
            'bias_field', 'rician_noise', 'blob', 'lesion_alpha', 'add_lesion', 'min_lesion_px', 'make_subject',
-           'build_demo_split', 'demo_params', 'demo_cache_path', 'demo_arrays', 'demo_dataset']
+           'build_demo_split', 'demo_healthy', 'demo_params', 'demo_cache_path', 'demo_arrays', 'demo_dataset']
 
 # %% ../nbs/02_demo_data.ipynb #c005
 def _save_atomic(path, arrays):
@@ -278,8 +278,9 @@ def _check_args(split, img_size, seed, size, contrast):
     if size not in SIZES: raise ValueError(f"size must be one of {', '.join(SIZES)}; got {size!r}")
     if contrast not in CONTRASTS: raise ValueError(f"contrast must be one of {', '.join(CONTRASTS)}; got {contrast!r}")
 
-def build_demo_split(split="train", img_size=64, seed=0, size="default", contrast="flair", progress=False) -> dict:
-    "One split as numpy arrays: images (N, H, W), masks, brains, labels, subjects, slice, contrast, lesion."
+def build_demo_split(split="train", img_size=64, seed=0, size="default", contrast="flair", progress=False,
+                     healthy=False) -> dict:
+    "One split as numpy arrays: images (N, H, W), masks, brains, labels, subjects, slice, contrast, lesion (+ healthy)."
     _check_args(split, img_size, seed, size, contrast)
     cfg, n = replace(DemoConfig(), contrast=contrast), SIZES[size][split]
     seqs = np.random.SeedSequence([seed, SPLITS.index(split)]).spawn(n + 1)   # one stream for the split, one per subject
@@ -294,7 +295,14 @@ def build_demo_split(split="train", img_size=64, seed=0, size="default", contras
     return dict(images=cat("image"), masks=cat("mask"), brains=cat("brain"), labels=cat("label").astype(np.int64),
                 subjects=rep(lambda i, s, k: f"demo-{split}-{i:03d}"), slice=rep(lambda i, s, k: k),
                 contrast=rep(lambda i, s, k: s["contrast"]),
-                lesion=rep(lambda i, s, k: "; ".join(s["kinds"]) if s["label"][k] else ""))
+                lesion=rep(lambda i, s, k: "; ".join(s["kinds"]) if s["label"][k] else ""),
+                **(dict(healthy=cat("healthy")) if healthy else {}))
+
+# %% ../nbs/02_demo_data.ipynb #78052fc5
+def demo_healthy(split="test", img_size=64, seed=0, size="default", contrast="flair", progress=False) -> np.ndarray:
+    """The lesion-free twin (N, H, W) of every image of a demo split: the same anatomy, bias field and noise without the
+    lesions, rebuilt from the seed (a few seconds; not cached). An oracle no method has: for experiments only."""
+    return build_demo_split(split, img_size, seed, size, contrast, progress=progress, healthy=True)["healthy"]
 
 # %% ../nbs/02_demo_data.ipynb #c044
 def demo_params(split="train", img_size=64, seed=0, size="default", contrast="flair") -> dict:

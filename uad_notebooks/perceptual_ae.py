@@ -10,14 +10,16 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from scipy import ndimage
 
+from .metrics import image_metrics
 from .perceptual import PerceptualLoss, relative_l1, vgg19_layer_index
 
 # %% auto #0
 __all__ = ['NIH_LAYERS', 'CIFAR10_CFG', 'DEMO_LAYERS', 'DEMO_SELECTION', 'DPA_RECIPES', 'lrelu', 'PreActBlock', 'init_weights',
            'PGEncoder', 'PGDecoder', 'stage_names', 'parse_stage', 'default_layers', 'PerceptualAE', 'resize_to',
            'dpa_nih_pa', 'dpa_nih_ap', 'dpa_nih_subset', 'dpa_camelyon16', 'dpa_cifar10', 'dpa_demo', 'stage_steps',
-           'center_crop', 'equalize_histogram', 'nih_transform', 'camelyon_train_crop', 'dpa_datasets']
+           'center_crop', 'equalize_histogram', 'nih_transform', 'camelyon_train_crop', 'dpa_datasets', 'blur_oracle']
 
 # %% ../nbs/31_perceptual_ae.ipynb #c006
 def lrelu() -> nn.Module: return nn.LeakyReLU(0.2)
@@ -408,3 +410,34 @@ def dpa_datasets(dataset: str = "demo", # 'demo', 'nih_cxr14', 'camelyon16' or '
             if s == "train": d.transform = camelyon_train_crop; return d
             return _retensor(d, center_crop(d.images, 64), f"camelyon16-{s}")
         return _splits("camelyon16", 192, 3, _cam)
+
+# %% ../nbs/31_perceptual_ae.ipynb #4544113d
+@torch.no_grad()
+def blur_oracle(loss: PerceptualLoss, # a fitted loss (its VGG and standardisation)
+                images: torch.Tensor, # (N, C, H, W) test images
+                healthy, # (N, H, W) or (N, C, H, W): their lesion-free twins (`uad_notebooks.demo.demo_healthy`)
+                labels, # (N,) 0 normal, 1 abnormal
+                sigmas=(0.0, 0.5, 1.0, 2.0, 3.0), # Gaussian blur of the twin, in pixels
+                layers=("relu3_2",), # VGG layers to score at
+                batch_size: int = 100,
+               ) -> list[dict]:
+    "Per sigma: reconstruction MSE and image AUROC of the relative perceptual score (per layer) and of the pixel L1."
+    images = images.detach().cpu()
+    h = torch.as_tensor(np.asarray(healthy), dtype=images.dtype)
+    if h.numel() != images.numel():
+        raise ValueError(f"healthy has shape {tuple(h.shape)}; it must hold one twin per image {tuple(images.shape)}")
+    h = h.reshape(images.shape)
+    dev = next(loss.parameters()).device
+    rows = []
+    for sigma in sigmas:
+        if sigma < 0: raise ValueError(f"sigmas must be >= 0, got {sigma}")
+        blur = h if sigma == 0 else torch.from_numpy(
+            ndimage.gaussian_filter(h.numpy(), (0, 0, sigma, sigma))).to(images.dtype)   # blur in-plane only
+        row = dict(sigma=float(sigma), mse=float(((images - blur) ** 2).mean()))
+        for layer in layers:
+            s = torch.cat([loss(images[i:i + batch_size].to(dev), blur[i:i + batch_size].to(dev), reduction="none",
+                                layer=layer).cpu() for i in range(0, len(images), batch_size)])
+            row[layer] = image_metrics(s.numpy(), labels)["auroc"]
+        row["pixel_l1"] = image_metrics((images - blur).abs().flatten(1).mean(1).numpy(), labels)["auroc"]
+        rows.append(row)
+    return rows
