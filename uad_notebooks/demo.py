@@ -298,7 +298,7 @@ def build_demo_split(split="train", img_size=64, seed=0, size="default", contras
                 lesion=rep(lambda i, s, k: "; ".join(s["kinds"]) if s["label"][k] else ""),
                 **(dict(healthy=cat("healthy")) if healthy else {}))
 
-# %% ../nbs/02_demo_data.ipynb #78052fc5
+# %% ../nbs/02_demo_data.ipynb #ac7a91a7
 def demo_healthy(split="test", img_size=64, seed=0, size="default", contrast="flair", progress=False) -> np.ndarray:
     """The lesion-free twin (N, H, W) of every image of a demo split: the same anatomy, bias field and noise without the
     lesions, rebuilt from the seed (a few seconds; not cached). An oracle no method has: for experiments only."""
