@@ -240,13 +240,13 @@ def _snmf2(x, lambda_, max_iter, tol):
     S = np.stack([u[red >= hi].mean(0), u[red <= lo].mean(0)], 1)
     S /= np.linalg.norm(S, axis=0)
     cost = lambda S, C: 0.5 * ((x - C @ S.T) ** 2).sum() + lambda_ * C.sum()
-    prev = np.inf
+    prev, C = np.inf, stain_concentrations(x, S, lambda_)
     for _ in range(max_iter):
-        C = stain_concentrations(x, S, lambda_)
         for j in range(2):
             d = np.maximum((x - C @ S.T + np.outer(C[:, j], S[:, j])).T @ C[:, j], 0)
             if np.linalg.norm(d) > 1e-12: S[:, j] = d / np.linalg.norm(d)
-        f = cost(S, stain_concentrations(x, S, lambda_))
+        C = stain_concentrations(x, S, lambda_)                # the new stains' code: for the cost and the next round
+        f = cost(S, C)
         if prev - f <= tol * f: break
         prev = f
     return S
