@@ -110,8 +110,9 @@ def test_pinned_numbers():
     model = MemMCMAE(**TINY).eval()
     x = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(0))
     torch.manual_seed(1)
-    assert model.training_loss({"image": x}).item() == pytest.approx(0.8895359, abs=1e-4)
-    torch.testing.assert_close(model.anomaly_score(x), torch.tensor([0.9138598, 0.9063505]), atol=1e-4, rtol=0)
+    # pins re-computed when the memory took the template's initialisation (std 1/d_k and 1/m)
+    assert model.training_loss({"image": x}).item() == pytest.approx(0.8355348, abs=1e-4)
+    torch.testing.assert_close(model.anomaly_score(x), torch.tensor([0.8275604, 0.8119823]), atol=1e-4, rtol=0)
 
 
 def test_masked_mse_only_counts_hidden_patches():

@@ -173,10 +173,10 @@ class MAE(nn.Module):
         nn.init.normal_(self.cls_token, std=0.02); nn.init.normal_(self.mask_token, std=0.02)
 
 # %% ../nbs/11_mae.ipynb #c021
-def _forward_encoder(self: MAE, x, mask_ratio: float, generator=None):
+def _forward_encoder(self: MAE, x, mask_ratio: float, generator=None, noise=None):
     "Encode the visible patches: (latent (B, 1+L_keep, D), mask (B, L), ids_restore (B, L))."
     x = self.patch_embed(x) + self.pos_embed[:, 1:]          # (B, L, D)
-    x, mask, ids_restore = random_masking(x, mask_ratio, generator)
+    x, mask, ids_restore = random_masking(x, mask_ratio, generator, noise)
     cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
     x = torch.cat([cls, x], dim=1)                           # (B, 1+L_keep, D)
     for blk in self.blocks: x = blk(x)
@@ -202,9 +202,9 @@ def _forward_loss(self: MAE, imgs, pred, mask):
     e = ((pred - target) ** 2).mean(-1)                      # (B, L)
     return (e * mask).sum() / mask.sum().clamp_min(1)
 
-def _forward(self: MAE, x, mask_ratio: float | None = None, generator: torch.Generator | None = None):
-    "Mask, encode, decode: (loss, pred (B, L, p*p*C), mask (B, L))."
-    latent, mask, ids_restore = self.forward_encoder(x, self.mask_ratio if mask_ratio is None else mask_ratio, generator)
+def _forward(self: MAE, x, mask_ratio: float | None = None, generator: torch.Generator | None = None, noise=None):
+    "Mask, encode, decode: (loss, pred (B, L, p*p*C), mask (B, L)); `noise` (B, L) fixes each sample's mask."
+    latent, mask, ids_restore = self.forward_encoder(x, self.mask_ratio if mask_ratio is None else mask_ratio, generator, noise)
     pred = self.forward_decoder(latent, ids_restore)
     return self.forward_loss(x, pred, mask), pred, mask
 
@@ -218,12 +218,12 @@ def _training_loss(self: MAE, batch: dict) -> torch.Tensor:
 
 @torch.no_grad()
 def _reconstruct(self: MAE, x: torch.Tensor, mask_ratio: float | None = None, generator: torch.Generator | None = None,
-                 paste: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                 paste: bool = True, noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     "One masked reconstruction (B, C, H, W) with visible patches pasted back, and its pixel mask (B, 1, H, W)."
     if self.norm_pix_loss:
         raise ValueError("MAE.reconstruct: the model predicts per-patch normalised pixels (norm_pix_loss=True); "
                          "a pixel reconstruction needs norm_pix_loss=False")
-    _, pred, mask = self(x, mask_ratio, generator)
+    _, pred, mask = self(x, mask_ratio, generator, noise)
     rec = unpatchify(pred, self.patch_size, self.in_chans).to(x.dtype)
     m = mask_to_image(mask, self.patch_size, self.img_size).to(x.dtype)
     return (x * (1 - m) + rec * m if paste else rec), m

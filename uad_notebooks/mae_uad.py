@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .mae import MAE, PatchEmbed, Block, sincos_pos_embed_2d, mae_vit_base_patch16, mae_luna16, mae_demo
+from .masking import image_noise
 from .pseudo_abnormal import PseudoAbnormal
 
 # %% ../nbs/13_mae_uad.ipynb #c005
@@ -173,12 +174,14 @@ MAEUAD.set_stage, MAEUAD.training_loss, MAEUAD.param_groups = _set_stage, _train
 
 # %% ../nbs/13_mae_uad.ipynb #c019
 @torch.no_grad()
-def _reconstruct(self: MAEUAD, x: torch.Tensor, generator: torch.Generator | None = None, k: int | None = None):
-    "Average of k pasted reconstructions (B, C, H, W) with independent random masks."
+def _reconstruct(self: MAEUAD, x: torch.Tensor, generator: torch.Generator | None = None, k: int | None = None,
+                 seed: int | None = None):
+    "Average of k pasted reconstructions (B, C, H, W); without a generator each image's k masks are keyed by its pixels."
     k = k or self.k
-    g = generator if generator is not None else torch.Generator().manual_seed(self.test_seed)
+    L = (self.img_size // self.patch_size) ** 2
+    noise = None if generator is not None else image_noise(x, L, k, self.test_seed if seed is None else seed)
     was = self.mae.training; self.mae.eval()
-    rec, _ = self.mae.reconstruct(x.repeat(k, 1, 1, 1), self.mask_ratio, g)    # (k*B, C, H, W): k copies of the batch
+    rec, _ = self.mae.reconstruct(x.repeat(k, 1, 1, 1), self.mask_ratio, generator, noise=noise)  # (k*B, C, H, W): k copies
     self.mae.train(was)
     return rec.reshape(k, *x.shape).mean(0)
 
@@ -214,14 +217,15 @@ def _anomaly_map(self: MAEUAD, x: torch.Tensor, generator: torch.Generator | Non
 MAEUAD.anomaly_score, MAEUAD.anomaly_map = _anomaly_score, _anomaly_map
 
 # %% ../nbs/13_mae_uad.ipynb #c023
-def _maps_of(self: MAEUAD, dataset, batch_size, generator, pseudo: bool, desc: str, progress: bool):
+def _maps_of(self: MAEUAD, dataset, batch_size, seed: int, pseudo: bool, desc: str, progress: bool):
     from uad_notebooks.data import ArrayDataset
     dev = next(self.mae.parameters()).device
     maps, labels, subjects = [], [], []
+    generator = torch.Generator().manual_seed(seed)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
         x, y, subj = batch["image"].to(dev), batch["label"], list(batch["subject"])
-        if pseudo:
+        if pseudo:                      # training data: one generator for the whole pass (masks and boxes)
             keep = y == 0
             x, subj = x[keep.to(dev)], [s for s, k_ in zip(subj, keep.tolist()) if k_]
             if len(x) == 0: continue
@@ -231,17 +235,17 @@ def _maps_of(self: MAEUAD, dataset, batch_size, generator, pseudo: bool, desc: s
             maps.append((x - x_hat).abs().cpu()[pos]); labels += [1] * int(pos.sum())
             subjects += [s for s, k_ in zip(subj, pos.tolist()) if k_]
         else:
-            maps.append(self.difference_map(x, generator).cpu()); labels += y.tolist(); subjects += subj
+            maps.append((x - self.reconstruct(x, seed=seed)).abs().cpu()); labels += y.tolist(); subjects += subj  # keyed masks
     if not maps: raise ValueError(f"MAEUAD.{desc}: the dataset holds no {'normal ' if pseudo else ''}images")
     return ArrayDataset(torch.cat(maps), torch.tensor(labels), subjects=subjects, name=desc)
 
 def _build_classifier_data(self: MAEUAD, dataset, batch_size: int = 64, seed: int = 0, progress: bool = True):
     "ArrayDataset of difference maps: each normal image once plain (label 0), once pseudo-abnormal (label 1)."
-    return self._maps_of(dataset, batch_size, torch.Generator().manual_seed(seed), True, "build_classifier_data", progress)
+    return self._maps_of(dataset, batch_size, seed, True, "build_classifier_data", progress)
 
 def _real_difference_data(self: MAEUAD, dataset, batch_size: int = 64, seed: int = 0, progress: bool = True):
     "ArrayDataset of difference maps of real images with their own labels (validation / test)."
-    return self._maps_of(dataset, batch_size, torch.Generator().manual_seed(seed), False, "real_difference_data", progress)
+    return self._maps_of(dataset, batch_size, seed, False, "real_difference_data", progress)
 
 MAEUAD._maps_of, MAEUAD.build_classifier_data, MAEUAD.real_difference_data = _maps_of, _build_classifier_data, _real_difference_data
 

@@ -30,8 +30,8 @@ class MemoryAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj, self.proj_drop = nn.Linear(dim, dim), nn.Dropout(proj_drop)
         if n_mem:
-            self.m_k = nn.Parameter(torch.randn(1, n_mem, dim) / math.sqrt(self.head_dim))  # var 1/d_k
-            self.m_v = nn.Parameter(torch.randn(1, n_mem, dim) / math.sqrt(n_mem))          # var 1/m
+            self.m_k = nn.Parameter(torch.randn(1, n_mem, dim) / self.head_dim)  # std 1/d_k (template)
+            self.m_v = nn.Parameter(torch.randn(1, n_mem, dim) / n_mem)          # std 1/m (template)
 
     def _heads(self, t):  # (B, L, D) -> (B, h, L, d)
         return t.reshape(t.shape[0], t.shape[1], self.num_heads, self.head_dim).transpose(1, 2)
