@@ -89,13 +89,13 @@ class MaskedDDPM(nn.Module):
             raise ValueError(f"x must be (B, {self.in_chans}, {self.img_size}, {self.img_size}), got {tuple(x.shape)}")
 
 # %% ../nbs/44_masked_ddpm.ipynb #c011
-def _training_loss(self, batch: dict) -> dict:
+def _training_loss(self, batch: dict, corrupt: bool = True) -> dict:
     "L1 x0-loss of the variant on a batch of items (uses batch['image'] and batch['brain'])."
     x = batch["image"]; self._check(x); self._cache = None
     brain = batch.get("brain")
     brain = torch.ones_like(x[:, :1]) if brain is None else brain.to(x)
     B = x.shape[0]
-    xc = mask_slices(x, brain, _MASK_MODE[self.variant])[0] if self.variant in _MASK_MODE else x
+    xc = mask_slices(x, brain, _MASK_MODE[self.variant])[0] if corrupt and self.variant in _MASK_MODE else x
     x0, xc = to_diffusion(x), to_diffusion(xc)
     t = torch.randint(0, self.schedule.T, (B,), device=x.device)
     xt = q_sample(self.schedule, xc, t, self._noise(xc))
@@ -104,7 +104,11 @@ def _training_loss(self, batch: dict) -> dict:
     pred = noise_patch(xc, self.net(noise_patch(xc, xt, box), t), box)   # inpaint: x_c outside the box
     return {"loss": F.l1_loss(pred, x0)}
 
-MaskedDDPM.training_loss = _training_loss
+def _validation_loss(self, batch: dict) -> dict:
+    "The same loss on uncorrupted slices (no MIM/MFM masking): the official checkpoint-selection criterion."
+    return _training_loss(self, batch, corrupt=False)
+
+MaskedDDPM.training_loss, MaskedDDPM.validation_loss = _training_loss, _validation_loss
 
 # %% ../nbs/44_masked_ddpm.ipynb #c013
 @torch.no_grad()

@@ -19,7 +19,7 @@ from .core import get_device, seed_everything
 
 # %% auto #0
 __all__ = ['EpochSampler', 'lr_at', 'default_param_groups', 'save_checkpoint', 'load_checkpoint', 'load_weights', 'dist_info',
-           'init_distributed', 'amp_dtype', 'TrainResult', 'train']
+           'init_distributed', 'amp_dtype', 'validation_loss', 'TrainResult', 'train']
 
 # %% ../nbs/05_train.ipynb #c006
 class EpochSampler(Sampler):
@@ -124,6 +124,33 @@ def amp_dtype(amp, device: torch.device):
     if amp in (True, "bf16", "auto"): return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     raise ValueError(f"amp must be True, False, 'bf16' or 'fp16', got {amp!r}")
 
+# %% ../nbs/05_train.ipynb #5993e87b
+@torch.no_grad()
+def validation_loss(model: nn.Module, # a method (training_loss, and optionally validation_loss)
+                    dataset, # validation items
+                    batch_size: int = 32, device="auto",
+                    seed: int = 0, # fixes the random draws of the pass (masks, noise, time steps)
+                    amp: bool | str = False, # autocast on CUDA, as in training
+                   ) -> float:
+    "Mean validation loss over `dataset` in eval mode, with fixed random draws; the global RNG state is restored."
+    dev = get_device(device)
+    fn = getattr(model, "validation_loss", None) or model.training_loss
+    dtype = amp_dtype(amp, dev)
+    was = model.training; model.to(dev).eval()
+    total, n = 0.0, 0
+    try:
+        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+            torch.manual_seed(seed)
+            for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+                batch = _to_device(batch, dev)
+                with torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
+                    out = fn(batch)
+                loss = out["loss"] if isinstance(out, dict) else out
+                b = len(batch["image"]); total += float(loss) * b; n += b
+    finally: model.train(was)
+    if n == 0: raise ValueError("validation_loss: the validation set is empty")
+    return total / n
+
 # %% ../nbs/05_train.ipynb #c020
 @dataclass
 class TrainResult:
@@ -133,6 +160,11 @@ class TrainResult:
     steps: int = 0
     checkpoint: Path | None = None
     resumed_from: int = 0
+    val_history: list = field(default_factory=list)  # [{step, val_loss}] when a validation set was given
+    best_step: int | None = None                     # step of the lowest validation loss
+    best_val_loss: float | None = None
+    stopped_early: bool = False                      # `patience` validations without improvement ended the run
+    selected: str = "last"                           # which weights the model holds: 'last' or 'val_loss' (best.pt)
 
 def _write_log(path: Path, history: list[dict]):
     if not history: return
@@ -168,13 +200,25 @@ def train(model: nn.Module, # a method: `training_loss(batch)` returns a scalar 
           progress: bool = True, # tqdm progress bar
           resume: bool = True, # continue from out_dir/<stage>/last.pt when it exists
           shuffle: bool = True, # shuffle the data each epoch
+          val_dataset=None, # validation items: `validation_loss` on them every `val_every` steps
+          val_every: int | None = None, # steps between validations (default: once per epoch, and at the end)
+          select: str = "last", # 'last' (final weights) or 'val_loss' (the lowest validation loss, kept in best.pt)
+          patience: int | None = None, # stop after this many validations without a lower validation loss
+          snapshots=(), # steps at which a weights-only copy goes to out_dir/<stage>/snapshots/step_NNNNNN.pt
          ) -> TrainResult:
-    "Train `model` on `dataset` with `model.training_loss`; resumable, mixed-precision, DDP-aware."
+    "Train `model` on `dataset` with `model.training_loss`; resumable, mixed-precision, DDP-aware, with validation."
     if not hasattr(model, "training_loss"): raise TypeError(f"{type(model).__name__} has no training_loss(batch) method")
     for nm, v in (("batch_size", batch_size), ("epochs", epochs)):
         if not isinstance(v, int) or v < 1: raise ValueError(f"{nm} must be a positive integer, got {v!r}")
     if max_steps is not None and (not isinstance(max_steps, int) or max_steps < 1): raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}")
     if lr <= 0: raise ValueError(f"lr must be positive, got {lr}")
+    if select not in ("last", "val_loss"): raise ValueError(f"select must be 'last' or 'val_loss', got {select!r}")
+    if (select == "val_loss" or patience is not None) and val_dataset is None:
+        raise ValueError(f"select={select!r} / patience={patience!r} need a val_dataset")
+    if patience is not None and (not isinstance(patience, int) or patience < 1): raise ValueError(f"patience must be a positive integer, got {patience!r}")
+    if val_every is not None and (not isinstance(val_every, int) or val_every < 1): raise ValueError(f"val_every must be a positive integer, got {val_every!r}")
+    snapshots = sorted({int(s) for s in snapshots})
+    if snapshots and out_dir is None: raise ValueError("snapshots need an out_dir to be written to")
     dev = get_device(device)
     distributed = init_distributed(dev)
     rank, _, world = dist_info() if distributed else (0, 0, 1)
@@ -188,6 +232,7 @@ def train(model: nn.Module, # a method: `training_loss(batch)` returns a scalar 
     steps_per_epoch = sampler.per_rank // batch_size
     total = max_steps if max_steps is not None else epochs * steps_per_epoch
     ckpt_every = ckpt_every or steps_per_epoch
+    val_every = val_every or steps_per_epoch
 
     seed_everything(seed, deterministic)
     model.to(dev).train()
@@ -202,25 +247,50 @@ def train(model: nn.Module, # a method: `training_loss(batch)` returns a scalar 
 
     stage_dir = Path(out_dir) / stage if out_dir is not None else None
     ckpt_path = stage_dir / "last.pt" if stage_dir is not None else None
+    best_path = stage_dir / "best.pt" if stage_dir is not None else None
     step, history, resumed_from = 0, [], 0
+    val_history, best, bad, stopped = [], dict(step=None, val_loss=None), 0, False
+    best_state = None                                                   # in memory when there is no out_dir
+
+    def _result():
+        r = TrainResult(model, history, step, ckpt_path, resumed_from, val_history, best["step"], best["val_loss"], stopped)
+        if select == "val_loss" and best["step"] is not None:
+            model.load_state_dict(load_checkpoint(best_path, map_location=dev)["model"] if best_path is not None else best_state)
+            r.selected = "val_loss"
+        return r
+
     if ckpt_path is not None and ckpt_path.exists() and resume:
         ck = load_checkpoint(ckpt_path, map_location=dev)
         model.load_state_dict(ck["model"])
-        if ck.get("done") and ck["step"] >= total:
-            return TrainResult(model, ck["history"], ck["step"], ckpt_path, ck["step"])
+        step = resumed_from = ck["step"]; history = ck["history"]
+        val_history, best, bad, stopped = ck.get("val_history", []), ck.get("best", best), ck.get("bad", 0), ck.get("stopped_early", False)
+        if ck.get("done") and (ck["step"] >= total or stopped): return _result()
         opt.load_state_dict(ck["optimizer"]); scaler.load_state_dict(ck["scaler"])
-        _set_rng_state(ck["rng"]); step = resumed_from = ck["step"]; history = ck["history"]
+        _set_rng_state(ck["rng"])
 
     def _save(done=False):
         if is_main and ckpt_path is not None:
             save_checkpoint(ckpt_path, model=model.state_dict(), optimizer=opt.state_dict(), scaler=scaler.state_dict(),
-                            rng=_rng_state(), step=step, total=total, done=done, history=history, stage=stage)
+                            rng=_rng_state(), step=step, total=total, done=done, history=history, stage=stage,
+                            val_history=val_history, best=best, bad=bad, stopped_early=stopped)
             _write_log(stage_dir / "log.csv", history)
+            _write_log(stage_dir / "val_log.csv", val_history)
         if distributed: dist.barrier()
+
+    def _validate():
+        nonlocal bad, best_state
+        v = validation_loss(model, val_dataset, batch_size, dev, seed=seed, amp=amp)
+        val_history.append(dict(step=step, val_loss=v))
+        if best["val_loss"] is None or v < best["val_loss"]:
+            best.update(step=step, val_loss=v); bad = 0
+            if is_main and best_path is not None: save_checkpoint(best_path, model=model.state_dict(), step=step, val_loss=v, stage=stage)
+            elif best_path is None: best_state = {k: t.detach().clone() for k, t in model.state_dict().items()}
+        else: bad += 1
+        return patience is not None and bad >= patience
 
     bar = tqdm(total=total, initial=step, desc=stage, disable=not (progress and is_main), leave=True)
     t0 = time.time()
-    while step < total:
+    while step < total and not stopped:
         epoch, start = divmod(step, steps_per_epoch)
         sampler.set_position(epoch, start * batch_size)
         # its own generator: creating a DataLoader iterator must not draw from the global torch RNG
@@ -251,7 +321,13 @@ def train(model: nn.Module, # a method: `training_loss(batch)` returns a scalar 
                 history.append(dict(step=step, epoch=step / steps_per_epoch, lr=cur_lr, time=time.time() - t0, **vals))
                 bar.set_postfix(loss=f"{vals['loss']:.4g}")
             bar.update(1)
+            if is_main and step in snapshots:
+                save_checkpoint(stage_dir / "snapshots" / f"step_{step:06d}.pt", model=model.state_dict(), step=step, stage=stage)
+            if val_dataset is not None and (step % val_every == 0 or step == total):
+                stopped = _validate()
+                bar.set_postfix(loss=history[-1]["loss"] if history else float("nan"), val=f"{val_history[-1]['val_loss']:.4g}")
+                if stopped: break
             if step % ckpt_every == 0 and step < total: _save()
     _save(done=True)
     bar.close()
-    return TrainResult(model, history, step, ckpt_path, resumed_from)
+    return _result()
