@@ -111,7 +111,7 @@ def _presets():
                       "paper": (lambda s: memmc_mae_paper(img_size=s or 224), 224, 64,
                                 "memmc_mae_paper (ViT-B/16 224, 40 slots, 8 eval masks), repro real-data batch 64")},
         "perceptual_ae": {"demo": (fixed(lambda: dpa_demo(vgg_weights="random"), 64), 64, 32,
-                                   "dpa_demo (relu1_1 at 64 px, DEMO_LAYERS), final 64 px stage, batch 32; random VGG (same cost)"),
+                                   "dpa_demo (NIH layers: relu3_2 at 64 px), final 64 px stage, batch 32; random VGG (same cost)"),
                           "paper": (fixed(lambda: dpa_nih_pa(vgg_weights="random"), 64), 64, 128,
                                     "dpa_nih_pa (relu3_2), final 64 px stage, batch 128; random VGG (same cost)")},
         "mddpm": {"demo": (lambda s: mddpm_small(img_size=s or 64), 64, 32, "mddpm_small (variant mddpm, 4 boxes), batch 32"),

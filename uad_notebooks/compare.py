@@ -21,10 +21,11 @@ from .evaluate import evaluate
 from .viz import compare_maps
 
 # %% auto #0
-__all__ = ['STEPS', 'METHODS', 'LABELS', 'RECIPES', 'IMAGE_KEYS', 'PIXEL_KEYS', 'IntensityBaseline', 'fit_intensity',
-           'fit_convae', 'fit_mae_uad', 'fit_memmc_mae', 'fit_dpa', 'fit_mddpm', 'fit_method', 'load_splits',
-           'run_comparison', 'summarize', 'comparison_table', 'table_rows', 'paired_tests', 'paired_table',
-           'normalised_maps', 'plot_maps', 'plot_auroc_by_seed', 'plot_rocs']
+__all__ = ['STEPS', 'METHODS', 'LABELS', 'RECIPES', 'PRETRAINED', 'IMAGE_KEYS', 'PIXEL_KEYS', 'IntensityBaseline',
+           'fit_intensity', 'fit_convae', 'fit_mae_uad', 'fit_memmc_mae', 'fit_dpa', 'fit_mddpm', 'fit_method',
+           'load_splits', 'healthy_subset', 'train_pretrained', 'run_comparison', 'summarize', 'comparison_table',
+           'table_rows', 'paired_tests', 'paired_table', 'normalised_maps', 'plot_maps', 'plot_auroc_by_seed',
+           'plot_rocs']
 
 # %% ../nbs/50_compare.ipynb #c006
 def _gaussian_kernel(sigma: float) -> torch.Tensor:
@@ -88,63 +89,102 @@ LABELS = dict(intensity="Intensity (no learning)", convae="ConvAE", mae_uad="MAE
 
 def _steps(n: int, budget: float) -> int: return max(1, int(round(n * budget)))
 
+def _stage_steps(method: str, budget: float, steps: dict | None) -> dict:
+    "Steps per stage: `steps` where given, else `STEPS[method]` x budget."
+    out = {k: _steps(n, budget) for k, n in STEPS[method].items()}
+    for k, n in (steps or {}).items():
+        if k not in out: raise ValueError(f"steps: {method} has stages {list(out)}, not {k!r}")
+        if not isinstance(n, int) or n < 1: raise ValueError(f"steps[{k!r}] must be a positive integer, got {n!r}")
+        out[k] = n
+    return out
+
 def _ckpt(out_dir, name):
     return None if out_dir is None else Path(out_dir) / name
 
 def _info(results: dict, t0: float, **extra) -> dict:
     return dict(steps={k: r.steps for k, r in results.items()},
                 final_loss={k: (r.history[-1]["loss"] if r.history else None) for k, r in results.items()},
+                best_step={k: r.best_step for k, r in results.items() if r.best_step is not None},
+                best_val_loss={k: r.best_val_loss for k, r in results.items() if r.best_val_loss is not None},
+                stopped_early={k: r.stopped_early for k, r in results.items() if r.val_history},
                 seconds=time.time() - t0, **extra)
 
+def _val_kw(val_ds, select, patience, val_every, snapshots) -> dict:
+    "The validation / selection / snapshot arguments of `train` for the stage that carries them."
+    return dict(val_dataset=val_ds, select=select, patience=patience, val_every=val_every, snapshots=snapshots)
+
 def fit_intensity(train_ds, *, budget: float = 1.0, seed: int = 0, device="auto", out_dir=None, progress: bool = True,
-                  percentile: float = 99.0, sigma: float = 0.0):
+                  percentile: float = 99.0, sigma: float = 0.0, **_):
     "The intensity baseline: nothing is trained (`train_ds`, `budget` and `seed` are ignored)."
     return IntensityBaseline(percentile, sigma), dict(steps={}, final_loss={}, seconds=0.0)
 
 def fit_convae(train_ds, *, budget: float = 1.0, seed: int = 0, device="auto", out_dir=None, progress: bool = True,
-               batch_size: int = 32, lr: float = 1e-3):
+               batch_size: int = 32, lr: float = 1e-3, steps: dict | None = None, val_ds=None, select: str = "last",
+               patience: int | None = None, val_every: int | None = None, snapshots=()):
     "`ConvAE` with the settings of `repro_baseline_ae` (Adam, constant lr), `STEPS['convae']` x budget steps."
     from uad_notebooks.baseline_ae import ConvAE
     seed_everything(seed); t0 = time.time()
     model = ConvAE(train_ds[0]["image"].shape[-1], in_chans=train_ds[0]["image"].shape[0])
-    r = train(model, train_ds, out_dir=_ckpt(out_dir, "convae"), stage="ae", max_steps=_steps(STEPS["convae"]["ae"], budget),
-              batch_size=batch_size, lr=lr, device=device, seed=seed, progress=progress)
+    r = train(model, train_ds, out_dir=_ckpt(out_dir, "convae"), stage="ae", max_steps=_stage_steps("convae", budget, steps)["ae"],
+              batch_size=batch_size, lr=lr, device=device, seed=seed, progress=progress,
+              **_val_kw(val_ds, select, patience, val_every, snapshots))
     return model.eval(), _info({"ae": r}, t0)
 
 def fit_mae_uad(train_ds, *, budget: float = 1.0, seed: int = 0, device="auto", out_dir=None, progress: bool = True,
-                batch_size: int = 32, mae_blr: float = 8e-3, clf_blr: float = 4e-3, weight_decay: float = 0.05):
-    "`mae_uad_demo`: MAE stage, then the pseudo-abnormal classifier (the demo preset of `repro_mae_uad`); last weights."
+                batch_size: int = 32, mae_blr: float = 8e-3, clf_blr: float = 4e-3, weight_decay: float = 0.05,
+                steps: dict | None = None, val_ds=None, select: str = "last", patience: int | None = None,
+                val_every: int | None = None, snapshots=(), schedule: str = "cosine"):
+    """`mae_uad_demo`: MAE stage, then the pseudo-abnormal classifier (the demo preset of `repro_mae_uad`). With
+    `val_ds` and `select='val_loss'`: the MAE of the lowest healthy validation loss, and the classifier of the best
+    AUROC between plain and pseudo-abnormal maps of healthy validation images (no real anomaly used); else last weights."""
     from uad_notebooks.mae_uad import mae_uad_demo
     seed_everything(seed); t0 = time.time()
     model = mae_uad_demo(img_size=train_ds[0]["image"].shape[-1])
-    n_mae, n_clf = _steps(STEPS["mae_uad"]["mae"], budget), _steps(STEPS["mae_uad"]["classifier"], budget)
+    st = _stage_steps("mae_uad", budget, steps)
+    n_mae, n_clf = st["mae"], st["classifier"]
     r1 = train(model.set_stage("mae"), train_ds, out_dir=_ckpt(out_dir, "mae_uad"), stage="mae", max_steps=n_mae,
                batch_size=batch_size, lr=mae_blr * batch_size / 256, weight_decay=weight_decay, betas=(0.9, 0.95),
-               schedule="cosine", warmup_steps=max(1, n_mae // 25), device=device, seed=seed, progress=progress)
+               schedule=schedule, warmup_steps=max(1, min(n_mae // 25, 100)), device=device, seed=seed, progress=progress,
+               **_val_kw(val_ds, select, patience, val_every, snapshots))
     model.eval()
     clf_data = model.build_classifier_data(train_ds, seed=seed, progress=progress)
+    selecting = val_ds is not None and select == "val_loss"
+    if selecting:
+        model.set_stage("classifier").track_selection({"healthy_val": model.build_classifier_data(val_ds, seed=seed + 2, progress=progress)},
+                                                      every=val_every or max(1, n_clf // 10), out_dir=_ckpt(out_dir, "mae_uad/selection"))
     r2 = train(model.set_stage("classifier"), clf_data, out_dir=_ckpt(out_dir, "mae_uad"), stage="classifier",
                max_steps=n_clf, batch_size=batch_size, lr=clf_blr * batch_size / 256, weight_decay=weight_decay,
                schedule="cosine", warmup_steps=max(1, n_clf // 10), min_lr=1e-6, device=device, seed=seed, progress=progress)
-    return model.eval(), _info({"mae": r1, "classifier": r2}, t0, selection="last weights (no model selection)")
+    extra = dict(selection="last weights (no model selection)")
+    if selecting:
+        model.update_selection(r2.steps)                          # the hook runs before each step: the final weights too
+        chosen = model.use_selected("healthy_val")
+        extra = dict(selection=f"MAE: lowest healthy validation loss (step {r1.best_step}); classifier: best healthy "
+                               f"validation AUROC, plain vs pseudo-abnormal maps (step {chosen['step']}, {chosen['auroc']:.3f})",
+                     classifier_selection=chosen, classifier_selection_history=model._selection["history"])
+    return model.eval(), _info({"mae": r1, "classifier": r2}, t0, **extra)
 
 def fit_memmc_mae(train_ds, *, budget: float = 1.0, seed: int = 0, device="auto", out_dir=None, progress: bool = True,
-                  batch_size: int = 32, lr: float = 1e-3, weight_decay: float = 0.05):
+                  batch_size: int = 32, lr: float = 1e-3, weight_decay: float = 0.05, steps: dict | None = None,
+                  val_ds=None, select: str = "last", patience: int | None = None, val_every: int | None = None,
+                  snapshots=(), schedule: str = "cosine"):
     "`memmc_mae_demo` with the demo recipe of `repro_memmc_mae` (AdamW (0.9, 0.95), cosine, 5 % warm-up)."
     from uad_notebooks.memmc_mae import memmc_mae_demo
     seed_everything(seed); t0 = time.time()
     x0 = train_ds[0]["image"]
     model = memmc_mae_demo(img_size=x0.shape[-1], in_chans=x0.shape[0])
-    n = _steps(STEPS["memmc_mae"]["train"], budget)
+    n = _stage_steps("memmc_mae", budget, steps)["train"]
     r = train(model, train_ds, out_dir=_ckpt(out_dir, "memmc_mae"), stage="train", max_steps=n, batch_size=batch_size,
-              lr=lr, weight_decay=weight_decay, betas=(0.9, 0.95), schedule="cosine", warmup_steps=max(1, n // 20),
-              device=device, seed=seed, progress=progress)
+              lr=lr, weight_decay=weight_decay, betas=(0.9, 0.95), schedule=schedule, warmup_steps=max(1, min(n // 20, 100)),
+              device=device, seed=seed, progress=progress, **_val_kw(val_ds, select, patience, val_every, snapshots))
     return model.eval(), _info({"train": r}, t0)
 
 def fit_dpa(train_ds, *, budget: float = 1.0, seed: int = 0, device="auto", out_dir=None, progress: bool = True,
             batch_size: int = 32, lr: float = 1e-3, vgg_weights: str = "imagenet", allow_download: bool = False,
-            n_stats: int = 512):
-    "`dpa_demo`: one `train` call per growing stage (the model's hook fades each new resolution in), as `repro_perceptual_ae`."
+            n_stats: int = 512, steps: dict | None = None, val_ds=None, select: str = "last", patience: int | None = None,
+            val_every: int | None = None, snapshots=()):
+    """`dpa_demo`: one `train` call per growing stage (the model's hook fades each new resolution in), as
+    `repro_perceptual_ae`; validation, selection and snapshots apply to the final full-size stage."""
     from uad_notebooks.perceptual_ae import dpa_demo, stage_steps
     seed_everything(seed); t0 = time.time()
     with warnings.catch_warnings(record=True) as caught:
@@ -153,27 +193,32 @@ def fit_dpa(train_ds, *, budget: float = 1.0, seed: int = 0, device="auto", out_
     if model.img_size != train_ds[0]["image"].shape[-1]:
         raise ValueError(f"dpa: the demo preset expects {model.img_size}px images, the data have {train_ds[0]['image'].shape[-1]}px")
     model.loss.fit_stats(torch.stack([train_ds[i]["image"] for i in range(min(n_stats, len(train_ds)))]))
-    st = STEPS["dpa"]
-    steps = stage_steps(model.stages, st["stab"], st["trns"], st["final"], scale=budget)
+    st = _stage_steps("dpa", budget, steps)
+    n_steps = stage_steps(model.stages, st["stab"], st["trns"], st["final"])
     res = {}
     for s in model.stages:
         model.set_stage(s)
-        res[s] = train(model, train_ds, out_dir=_ckpt(out_dir, "dpa"), stage=s, max_steps=steps[s], batch_size=batch_size,
-                       lr=lr, device=device, seed=seed, progress=progress)
+        last = s == model.stages[-1]
+        res[s] = train(model, train_ds, out_dir=_ckpt(out_dir, "dpa"), stage=s, max_steps=n_steps[s], batch_size=batch_size,
+                       lr=lr, device=device, seed=seed, progress=progress,
+                       **(_val_kw(val_ds, select, patience, val_every, snapshots) if last else {}))
     model.set_stage(model.stages[-1])
     return model.eval(), _info(res, t0, vgg_weights=model.weights_used, layers={str(k): v for k, v in model.layers.items()},
                                n_params=sum(p.numel() for n, p in model.named_parameters() if not n.startswith("loss.")),
                                warnings=[str(w.message) for w in caught])
 
 def fit_mddpm(train_ds, *, budget: float = 1.0, seed: int = 0, device="auto", out_dir=None, progress: bool = True,
-              batch_size: int = 32, lr: float = 1e-3, variant: str = "mddpm", noise: str = "simplex"):
+              batch_size: int = 32, lr: float = 1e-3, variant: str = "mddpm", noise: str = "simplex",
+              steps: dict | None = None, val_ds=None, select: str = "last", patience: int | None = None,
+              val_every: int | None = None, snapshots=()):
     "`mddpm_small` (CPU-sized UNet, the paper's masking, noise and test level), Adam as in `repro_mddpm`'s demo preset."
     from uad_notebooks.masked_ddpm import mddpm_small
     seed_everything(seed); t0 = time.time()
     x0 = train_ds[0]["image"]
     model = mddpm_small(img_size=x0.shape[-1], in_chans=x0.shape[0], variant=variant, noise=noise, eval_seed=seed)
-    r = train(model, train_ds, out_dir=_ckpt(out_dir, "mddpm"), stage=variant, max_steps=_steps(STEPS["mddpm"]["mddpm"], budget),
-              batch_size=batch_size, lr=lr, device=device, seed=seed, progress=progress)
+    n = _stage_steps("mddpm", budget, steps)["mddpm"]
+    r = train(model, train_ds, out_dir=_ckpt(out_dir, "mddpm"), stage=variant, max_steps=n, batch_size=batch_size,
+              lr=lr, device=device, seed=seed, progress=progress, **_val_kw(val_ds, select, patience, val_every, snapshots))
     return model.eval(), _info({variant: r}, t0)
 
 RECIPES = dict(intensity=fit_intensity, convae=fit_convae, mae_uad=fit_mae_uad, memmc_mae=fit_memmc_mae, dpa=fit_dpa,
@@ -205,6 +250,59 @@ def load_splits(dataset: str = "demo", # 'demo' or a prepared dataset name (`uad
     if int(torch.as_tensor(out["train"].labels).sum()) > 0:
         out["train"] = out["train"].subset(torch.as_tensor(out["train"].labels) == 0)
     return out
+
+# %% ../nbs/50_compare.ipynb #f58d25e9
+def healthy_subset(ds):
+    "The items of `ds` whose subject has no abnormal item (healthy subjects only)."
+    labels = torch.as_tensor(ds.labels)
+    sick = {s for s, y in zip(ds.subjects, labels.tolist()) if y}
+    keep = torch.tensor([s not in sick for s in ds.subjects])
+    if not keep.any(): raise ValueError(f"healthy_subset: every subject of {ds!r} has an abnormal item")
+    return ds.subset(keep)
+
+PRETRAINED = {  # name -> recipe: fit function, its arguments, and how the model is rebuilt for loading
+    "convae/demo": dict(method="convae", kw=dict(steps=dict(ae=6000), val_every=200, patience=8,
+                                                 snapshots=(30, 100, 300, 1000, 3000, 6000)),
+                        factory="uad_notebooks.baseline_ae:ConvAE", factory_kw=dict(img_size=64, in_chans=1)),
+    "mae_uad/demo": dict(method="mae_uad", kw=dict(steps=dict(mae=8000, classifier=1500), schedule="constant", val_every=250,
+                                                   patience=8, snapshots=(30, 100, 300, 1000, 3000, 8000)),
+                         factory="uad_notebooks.mae_uad:mae_uad_demo", factory_kw=dict(img_size=64),
+                         attrs=dict(classifier_initialised=True), calls=[("set_stage", ["classifier"])]),
+    "memmc_mae/demo": dict(method="memmc_mae", kw=dict(steps=dict(train=8000), schedule="constant", val_every=250, patience=8,
+                                                       snapshots=(30, 100, 300, 1000, 3000, 8000)),
+                           factory="uad_notebooks.memmc_mae:memmc_mae_demo", factory_kw=dict(img_size=64, in_chans=1)),
+    "dpa/demo": dict(method="dpa", kw=dict(steps=dict(stab=100, trns=50, final=1500), val_every=100, patience=8,
+                                           snapshots=(30, 100, 300, 1000, 1500)),
+                     factory="uad_notebooks.perceptual_ae:dpa_demo", factory_kw=dict(in_chans=1, vgg_weights="random"),
+                     exclude=("loss.features.",)),
+    "mddpm/demo": dict(method="mddpm", kw=dict(steps=dict(mddpm=2000), variant="mddpm", val_every=200, patience=6,
+                                               snapshots=(30, 100, 300, 1000, 2000)),
+                       factory="uad_notebooks.masked_ddpm:mddpm_small", factory_kw=dict(img_size=64, variant="mddpm")),
+    "pddpm/demo": dict(method="mddpm", kw=dict(steps=dict(mddpm=2000), variant="pddpm", val_every=200, patience=6,
+                                               snapshots=(30, 100, 300, 1000, 2000)),
+                       factory="uad_notebooks.masked_ddpm:mddpm_small", factory_kw=dict(img_size=64, variant="pddpm")),
+}
+
+def train_pretrained(name: str, # a key of `PRETRAINED`
+                     out_dir, # checkpoints, logs and snapshots go to out_dir/<name>/seed<seed>/
+                     *, seed: int = 0, device="auto", progress: bool = True,
+                     max_steps: int | None = None, # cap every stage at this many steps (budget-curve repeats)
+                     data_seed: int = 0, # the demo data's seed
+                    ):
+    "Train the shipped model `name` with its recipe on the demo data: `(model, info)` (info says what was selected)."
+    if name not in PRETRAINED: raise ValueError(f"name={name!r}: choose from {list(PRETRAINED)}")
+    r = PRETRAINED[name]
+    splits = load_splits("demo", seed=data_seed)
+    kw = dict(r["kw"])
+    if max_steps is not None:
+        kw["steps"] = {k: min(v, max_steps) for k, v in kw["steps"].items()}
+        kw["snapshots"] = tuple(s for s in kw["snapshots"] if s <= max_steps)
+    model, info = fit_method(r["method"], splits["train"], seed=seed, device=device, progress=progress,
+                             out_dir=Path(out_dir) / name.replace("/", "-") / f"seed{seed}", val_ds=healthy_subset(splits["val"]),
+                             select="val_loss", **kw)
+    info.update(name=name, recipe=kw, seed=seed, data=dict(dataset="demo", size="default", seed=data_seed,
+                                                           train=len(splits["train"]), val_healthy=len(healthy_subset(splits["val"]))))
+    return model, info
 
 # %% ../nbs/50_compare.ipynb #c016
 def run_comparison(methods, # method names (see `METHODS`)
