@@ -18,7 +18,8 @@ from .data import check_test_set
 from .metrics import image_metrics, pixel_metrics
 
 # %% auto #0
-__all__ = ['Predictions', 'predict', 'Metrics', 'evaluate', 'fmt_metric', 'results_table', 'paper_vs_ours']
+__all__ = ['PROTOCOL_KEYS', 'Predictions', 'predict', 'Metrics', 'evaluate', 'fmt_metric', 'results_table', 'paper_vs_ours',
+           'protocol_card']
 
 # %% ../nbs/06_evaluate.ipynb #c005
 @dataclass
@@ -142,4 +143,24 @@ def paper_vs_ours(paper: dict, # {metric: {"value": float, "source": str}} from 
         p = paper.get(k); o = ours.get(k)
         lines.append(f"| {k} | {p['value'] if p else '–'} | {p['source'] if p else 'no paper number bundled'} | "
                      f"{o if isinstance(o, str) else ('–' if o is None else f'{o:.3f}')} |")
+    return "\n".join(l for l in lines if l)
+
+# %% ../nbs/06_evaluate.ipynb #59a01c35
+PROTOCOL_KEYS = ("point", "paper", "source", "ours", "match")
+
+def protocol_card(rows: list[dict], # one dict per point: point, paper, source, ours, match (True / False / None), note
+                  title: str = "") -> str:
+    """Markdown table of a run's protocol against the paper's. `match` is True (same), False (a deviation: `note` must
+    say why) or None (the paper does not say: `note` says what we chose)."""
+    lines = [f"**{title}**" if title else "", "| point | paper | source | ours | match |", "|---|---|---|---|---|"]
+    for i, r in enumerate(rows):
+        missing = [k for k in PROTOCOL_KEYS if k not in r]
+        if missing: raise ValueError(f"protocol row {i} ({r.get('point', '?')!r}) lacks {missing}")
+        if r["match"] not in (True, False, None): raise ValueError(f"protocol row {r['point']!r}: match must be True, False or None, got {r['match']!r}")
+        if r["match"] is not True and not r.get("note"):
+            raise ValueError(f"protocol row {r['point']!r}: a deviation or an unknown needs a note saying why")
+        mark = "yes" if r["match"] is True else ("**deviation**: " if r["match"] is False else "paper silent: ") + r["note"]
+        if r["match"] is True and r.get("note"): mark += f" ({r['note']})"
+        cell = lambda v: str(v).replace("|", "/").replace("\n", " ")
+        lines.append(f"| {cell(r['point'])} | {cell(r['paper'])} | {cell(r['source'])} | {cell(r['ours'])} | {cell(mark)} |")
     return "\n".join(l for l in lines if l)
