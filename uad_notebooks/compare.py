@@ -240,9 +240,12 @@ def load_splits(dataset: str = "demo", # 'demo' or a prepared dataset name (`uad
                 img_size: int = 64, # image side
                 size: str = "default", # demo only: 'default' or 'small'
                 seed: int = 0, # demo only: its data seed
-                progress: bool = False) -> dict:
+                progress: bool = False,
+                contrast: str = "flair", # demo only: 'flair', 't2', 't1' or 'mixed'
+                lesions: str = "default", # demo only: 'default' (small, subtle) or 'brats' (tumour-sized, bright)
+               ) -> dict:
     "{'train' (normal only), 'val', 'test'} of `dataset`, the same for every method."
-    if dataset == "demo": kw = dict(size=size, img_size=img_size, seed=seed, progress=progress)
+    if dataset == "demo": kw = dict(size=size, img_size=img_size, seed=seed, progress=progress, contrast=contrast, lesions=lesions)
     else:
         if not data_dir: raise ValueError(f"dataset={dataset!r} needs data_dir (a prepared-data folder; see data_scripts/)")
         kw = dict(data_dir=data_dir, img_size=img_size)

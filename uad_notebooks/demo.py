@@ -16,10 +16,11 @@ from .core import cache_dir
 from .data import ArrayDataset
 
 # %% auto #0
-__all__ = ['DEMO_VERSION', 'SPLITS', 'SIZES', 'CONTRASTS', 'TISSUE_WEIGHTS', 'P_HYPER', 'P_TWO_LESIONS', 'mni152_anatomy',
-           'DemoConfig', 'smooth_field', 'output_grid', 'random_warp', 'trilinear', 'warp_anatomy', 'tissue_contrast',
-           'bias_field', 'rician_noise', 'blob', 'lesion_alpha', 'add_lesion', 'min_lesion_px', 'make_subject',
-           'build_demo_split', 'demo_healthy', 'demo_params', 'demo_cache_path', 'demo_arrays', 'demo_dataset']
+__all__ = ['DEMO_VERSION', 'SPLITS', 'SIZES', 'CONTRASTS', 'TISSUE_WEIGHTS', 'P_HYPER', 'P_TWO_LESIONS', 'LESION_PRESETS',
+           'mni152_anatomy', 'DemoConfig', 'demo_config', 'smooth_field', 'output_grid', 'random_warp', 'trilinear',
+           'warp_anatomy', 'tissue_contrast', 'bias_field', 'rician_noise', 'blob', 'lesion_alpha', 'add_lesion',
+           'min_lesion_px', 'make_subject', 'build_demo_split', 'demo_healthy', 'demo_params', 'demo_cache_path',
+           'demo_arrays', 'demo_dataset']
 
 # %% ../nbs/02_demo_data.ipynb #c005
 def _save_atomic(path, arrays):
@@ -100,6 +101,17 @@ class DemoConfig:
     irregular: tuple = (0.15, 0.45)  # amplitude of the lesion boundary's lobes (fraction of the radius)
     min_lesion_mm2: float = 36.0     # a slice is abnormal from this lesion area on (4 pixels at 64 x 64)
     contrast: str = "flair"          # flair | t2 | t1 | mixed (one of the three per subject)
+
+LESION_PRESETS = {  # lesion sizes and intensities, on top of `DemoConfig`
+    "default": {},  # small, subtle lesions (median 2 % of the brain on an abnormal slice): the hard case
+    "brats": dict(mass_radius_mm=(18.0, 30.0), oedema_mm=(8.0, 18.0), p_mass=0.95,  # calibrated on BraTS FLAIR
+                  hyper=(2.0, 2.8), oedema_hyper=(1.9, 2.5)),                        # tumour slices (see below)
+}
+
+def demo_config(contrast: str = "flair", lesions: str = "default") -> DemoConfig:
+    "The generator's settings for a contrast and a lesion preset."
+    if lesions not in LESION_PRESETS: raise ValueError(f"lesions must be one of {', '.join(LESION_PRESETS)}; got {lesions!r}")
+    return replace(DemoConfig(), contrast=contrast, **LESION_PRESETS[lesions])
 
 # %% ../nbs/02_demo_data.ipynb #c014
 @functools.lru_cache(maxsize=64)
@@ -268,7 +280,7 @@ def make_subject(rng, img_size=64, n_lesions=0, cfg=DemoConfig()):
                 label=mask.any((1, 2)), kinds=kinds, contrast=contrast)
 
 # %% ../nbs/02_demo_data.ipynb #c040
-def _check_args(split, img_size, seed, size, contrast):
+def _check_args(split, img_size, seed, size, contrast, lesions="default"):
     "Clear errors for bad arguments of the demo builders."
     if split not in SPLITS: raise ValueError(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
     if isinstance(img_size, bool) or not isinstance(img_size, (int, np.integer)) or not 32 <= img_size <= 256:
@@ -277,12 +289,13 @@ def _check_args(split, img_size, seed, size, contrast):
         raise ValueError(f"seed must be a non-negative integer; got {seed!r}")
     if size not in SIZES: raise ValueError(f"size must be one of {', '.join(SIZES)}; got {size!r}")
     if contrast not in CONTRASTS: raise ValueError(f"contrast must be one of {', '.join(CONTRASTS)}; got {contrast!r}")
+    if lesions not in LESION_PRESETS: raise ValueError(f"lesions must be one of {', '.join(LESION_PRESETS)}; got {lesions!r}")
 
 def build_demo_split(split="train", img_size=64, seed=0, size="default", contrast="flair", progress=False,
-                     healthy=False) -> dict:
+                     healthy=False, lesions="default") -> dict:
     "One split as numpy arrays: images (N, H, W), masks, brains, labels, subjects, slice, contrast, lesion (+ healthy)."
-    _check_args(split, img_size, seed, size, contrast)
-    cfg, n = replace(DemoConfig(), contrast=contrast), SIZES[size][split]
+    _check_args(split, img_size, seed, size, contrast, lesions)
+    cfg, n = demo_config(contrast, lesions), SIZES[size][split]
     seqs = np.random.SeedSequence([seed, SPLITS.index(split)]).spawn(n + 1)   # one stream for the split, one per subject
     n_abn = 0 if split == "train" else int(round(n * cfg.lesion_frac))
     abnormal = set(np.random.default_rng(seqs[0]).permutation(n)[:n_abn].tolist())
@@ -299,34 +312,38 @@ def build_demo_split(split="train", img_size=64, seed=0, size="default", contras
                 **(dict(healthy=cat("healthy")) if healthy else {}))
 
 # %% ../nbs/02_demo_data.ipynb #ac7a91a7
-def demo_healthy(split="test", img_size=64, seed=0, size="default", contrast="flair", progress=False) -> np.ndarray:
+def demo_healthy(split="test", img_size=64, seed=0, size="default", contrast="flair", progress=False,
+                 lesions="default") -> np.ndarray:
     """The lesion-free twin (N, H, W) of every image of a demo split: the same anatomy, bias field and noise without the
     lesions, rebuilt from the seed (a few seconds; not cached). An oracle no method has: for experiments only."""
-    return build_demo_split(split, img_size, seed, size, contrast, progress=progress, healthy=True)["healthy"]
+    return build_demo_split(split, img_size, seed, size, contrast, progress=progress, healthy=True, lesions=lesions)["healthy"]
 
 # %% ../nbs/02_demo_data.ipynb #c044
-def demo_params(split="train", img_size=64, seed=0, size="default", contrast="flair") -> dict:
+def demo_params(split="train", img_size=64, seed=0, size="default", contrast="flair", lesions="default") -> dict:
     "Every input of the generator (version, arguments, all constants): the cache key is their hash."
     from importlib.metadata import version
-    cfg = replace(DemoConfig(), contrast=contrast)
+    cfg = demo_config(contrast, "default" if split == "train" else lesions)   # train has no lesions: one file for all
     return dict(version=DEMO_VERSION, split=split, img_size=int(img_size), seed=int(seed), size=size,
                 n_subjects=SIZES[size][split], p_two_lesions=P_TWO_LESIONS, tissue_weights=TISSUE_WEIGHTS,
                 p_hyper=P_HYPER, nilearn=version("nilearn"), **asdict(cfg))
 
-def demo_cache_path(split="train", img_size=64, seed=0, size="default", contrast="flair", folder=None) -> Path:
+def demo_cache_path(split="train", img_size=64, seed=0, size="default", contrast="flair", folder=None,
+                    lesions="default") -> Path:
     "The split's cache file: `cache_dir('demo')` (or `folder`) / a name ending with the parameters' hash."
-    key = json.dumps(demo_params(split, img_size, seed, size, contrast), sort_keys=True)
+    key = json.dumps(demo_params(split, img_size, seed, size, contrast, lesions), sort_keys=True)
     h = hashlib.sha256(key.encode()).hexdigest()[:16]
     folder = Path(folder).expanduser() if folder else cache_dir("demo")
-    return folder / f"demo-v{DEMO_VERSION}-{split}-{size}-{img_size}px-{contrast}-seed{seed}-{h}.npz"
+    tag = "" if lesions == "default" or split == "train" else f"-{lesions}"
+    return folder / f"demo-v{DEMO_VERSION}-{split}-{size}-{img_size}px-{contrast}{tag}-seed{seed}-{h}.npz"
 
 # %% ../nbs/02_demo_data.ipynb #c045
 def demo_arrays(split="train", img_size=64, seed=0, size="default", contrast="flair", cache=True, folder=None,
-                progress=True) -> dict:
+                progress=True, lesions="default") -> dict:
     "The split's arrays (see `build_demo_split`): loaded from the cache when there, else built (and cached)."
-    _check_args(split, img_size, seed, size, contrast)
-    params = json.dumps(demo_params(split, img_size, seed, size, contrast), sort_keys=True)
-    path = demo_cache_path(split, img_size, seed, size, contrast, folder) if cache else None
+    _check_args(split, img_size, seed, size, contrast, lesions)
+    if split == "train": lesions = "default"                                 # no lesions in training: the same data
+    params = json.dumps(demo_params(split, img_size, seed, size, contrast, lesions), sort_keys=True)
+    path = demo_cache_path(split, img_size, seed, size, contrast, folder, lesions) if cache else None
     if path is not None and path.exists():
         try:
             with np.load(path, allow_pickle=False) as z:
@@ -334,7 +351,7 @@ def demo_arrays(split="train", img_size=64, seed=0, size="default", contrast="fl
             warnings.warn(f"demo cache {path} holds other parameters; rebuilding it")
         except Exception as e:
             warnings.warn(f"demo cache {path} is unreadable ({type(e).__name__}: {e}); rebuilding it")
-    arrays = build_demo_split(split, img_size, seed, size, contrast, progress=progress)
+    arrays = build_demo_split(split, img_size, seed, size, contrast, progress=progress, lesions=lesions)
     if path is not None: _save_atomic(path, dict(arrays, params=np.array(params)))
     return arrays
 
@@ -348,9 +365,10 @@ def demo_dataset(split: str, # 'train' (healthy subjects only), 'val' or 'test' 
                  contrast: str = "flair", # 'flair' (lesions mostly bright), 't2', 't1', or 'mixed' (per subject)
                  transform=None, # applied to each item dict
                  progress: bool = True, # progress bar while building
+                 lesions: str = "default", # 'default' (small, subtle: the hard case) or 'brats' (sizes and brightness of BraTS tumours)
                 ) -> ArrayDataset:
     "The offline demo dataset: synthetic brain MRI slices from the MNI152 anatomy, with exact lesion masks."
-    a = demo_arrays(split, img_size, seed, size, contrast, cache, data_dir or None, progress)
+    a = demo_arrays(split, img_size, seed, size, contrast, cache, data_dir or None, progress, lesions)
     meta = [dict(slice=int(k), contrast=str(c), lesion=str(l)) for k, c, l in zip(a["slice"], a["contrast"], a["lesion"])]
     return ArrayDataset(a["images"][:, None], a["labels"], a["masks"][:, None], a["brains"][:, None],
                         [str(s) for s in a["subjects"]], transform=transform, meta=meta, name=f"demo-{split}")
