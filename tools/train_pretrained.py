@@ -42,8 +42,12 @@ def main(argv=None):
     commit = git_commit()
     t0 = time.time()
     model, info = train_pretrained(a.name, a.out, seed=a.seed, device=a.device, max_steps=a.max_steps)
-    wall = time.time() - t0
     run_dir = Path(a.out) / a.name.replace("/", "-") / f"seed{a.seed}"
+    wall = 0.0   # training time: the last logged time of every stage (it counts across resumes), not this call's
+    for log in run_dir.rglob("log.csv"):
+        rows = log.read_text().splitlines()
+        if len(rows) > 1: wall += float(rows[-1].split(",")[rows[0].split(",").index("time")])
+    wall = wall or time.time() - t0
     record = dict(info, wall_seconds=wall, commit=commit, command=cmd, threads=a.threads,
                   machine=dict(processor=platform.processor() or platform.machine(), platform=platform.platform(),
                                cpu_count=__import__("os").cpu_count()),

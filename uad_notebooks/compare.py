@@ -291,19 +291,21 @@ def train_pretrained(name: str, # a key of `PRETRAINED`
                      *, seed: int = 0, device="auto", progress: bool = True,
                      max_steps: int | None = None, # cap every stage at this many steps (budget-curve repeats)
                      data_seed: int = 0, # the demo data's seed
+                     splits: dict | None = None, # other data ({'train', 'val', 'test'}, e.g. a prepared dataset); default: the demo
                     ):
-    "Train the shipped model `name` with its recipe on the demo data: `(model, info)` (info says what was selected)."
+    "Train the model `name` with its recipe (on the demo data unless `splits` are given): `(model, info)`."
     if name not in PRETRAINED: raise ValueError(f"name={name!r}: choose from {list(PRETRAINED)}")
     r = PRETRAINED[name]
-    splits = load_splits("demo", seed=data_seed)
+    data_name = "demo" if splits is None else getattr(splits["train"], "name", "given splits")
+    splits = load_splits("demo", seed=data_seed) if splits is None else splits
     kw = dict(r["kw"])
     if max_steps is not None:
         kw["steps"] = {k: min(v, max_steps) for k, v in kw["steps"].items()}
-        kw["snapshots"] = tuple(s for s in kw["snapshots"] if s <= max_steps)
+        kw["snapshots"] = tuple(sorted({s for s in kw["snapshots"] if s <= max_steps} | {max_steps}))   # the cap is a budget too
     model, info = fit_method(r["method"], splits["train"], seed=seed, device=device, progress=progress,
                              out_dir=Path(out_dir) / name.replace("/", "-") / f"seed{seed}", val_ds=healthy_subset(splits["val"]),
                              select="val_loss", **kw)
-    info.update(name=name, recipe=kw, seed=seed, data=dict(dataset="demo", size="default", seed=data_seed,
+    info.update(name=name, recipe=kw, seed=seed, data=dict(dataset=data_name, **(dict(size="default", seed=data_seed) if data_name == "demo" else {}),
                                                            train=len(splits["train"]), val_healthy=len(healthy_subset(splits["val"]))))
     return model, info
 

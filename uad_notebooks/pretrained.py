@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .core import sha256_file, write_json, to_jsonable
+from .core import sha256_file, write_json, to_jsonable, get_device
 
 # %% auto #0
 __all__ = ['WEIGHTS_DIR', 'MANIFEST', 'read_manifest', 'list_pretrained', 'pretrained_info', 'save_pretrained', 'build_model',
@@ -98,4 +98,4 @@ def load_pretrained(method: str, # e.g. 'mddpm', 'mae_uad', 'memmc_mae', 'dpa', 
     if missing or unexpected:
         raise ValueError(f"{path}: does not fit {e['factory']}({e['kwargs']}): missing {missing[:5]}, unexpected {unexpected[:5]}")
     for name, args in e.get("calls", []): getattr(model, name)(*args)
-    return model.to(device).eval()
+    return model.to(get_device(device)).eval()

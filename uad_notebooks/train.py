@@ -289,7 +289,7 @@ def train(model: nn.Module, # a method: `training_loss(batch)` returns a scalar 
         return patience is not None and bad >= patience
 
     bar = tqdm(total=total, initial=step, desc=stage, disable=not (progress and is_main), leave=True)
-    t0 = time.time()
+    t0 = time.time() - (history[-1]["time"] if history else 0.0)   # logged time counts across resumes
     while step < total and not stopped:
         epoch, start = divmod(step, steps_per_epoch)
         sampler.set_position(epoch, start * batch_size)
