@@ -21,11 +21,11 @@ from .evaluate import evaluate
 from .viz import compare_maps
 
 # %% auto #0
-__all__ = ['STEPS', 'METHODS', 'LABELS', 'RECIPES', 'PRETRAINED', 'IMAGE_KEYS', 'PIXEL_KEYS', 'IntensityBaseline',
+__all__ = ['STEPS', 'METHODS', 'LABELS', 'RECIPES', 'PRETRAINED', 'SHIPPED', 'IMAGE_KEYS', 'PIXEL_KEYS', 'IntensityBaseline',
            'fit_intensity', 'fit_convae', 'fit_mae_uad', 'fit_memmc_mae', 'fit_dpa', 'fit_mddpm', 'fit_method',
-           'load_splits', 'healthy_subset', 'train_pretrained', 'run_comparison', 'summarize', 'comparison_table',
-           'table_rows', 'paired_tests', 'paired_table', 'normalised_maps', 'plot_maps', 'plot_auroc_by_seed',
-           'plot_rocs']
+           'load_splits', 'healthy_subset', 'train_pretrained', 'run_comparison', 'run_shipped', 'summarize',
+           'comparison_table', 'table_rows', 'paired_tests', 'paired_table', 'normalised_maps', 'plot_maps',
+           'plot_auroc_by_seed', 'plot_rocs', 'lesion_groups', 'breakdown']
 
 # %% ../nbs/50_compare.ipynb #c006
 def _gaussian_kernel(sigma: float) -> torch.Tensor:
@@ -338,6 +338,30 @@ def run_comparison(methods, # method names (see `METHODS`)
             del model
     return out
 
+# %% ../nbs/50_compare.ipynb #5e286f54
+SHIPPED = dict(convae="convae/demo", mae_uad="mae_uad/demo", memmc_mae="memmc_mae/demo", dpa="dpa/demo", mddpm="mddpm/demo")
+
+def run_shipped(methods, # method names (see `METHODS`); 'intensity' is computed, the others loaded
+                splits: dict, *, device="auto", n_boot: int = 1000, fpr: float = 0.05, progress: bool = True,
+                log=print) -> dict:
+    "{method: {0: {'metrics', 'info', 'pred'}}}: the shipped demo model of every method, evaluated like `run_comparison`."
+    from uad_notebooks.pretrained import load_pretrained, pretrained_info
+    out = {}
+    for method in methods:
+        t0 = time.time()
+        if method == "intensity": model, info = fit_intensity(splits["train"])
+        elif method in SHIPPED:
+            m_, p_ = SHIPPED[method].split("/")
+            model, e = load_pretrained(m_, p_, device=device), pretrained_info(m_, p_)
+            info = dict(shipped=SHIPPED[method], steps=e["steps"], selection=e["selection"], sha256=e["sha256"],
+                        trained=e["trained"], seconds=e["trained"]["wall_seconds"])
+        else: raise ValueError(f"method={method!r}: no shipped model; choose from {['intensity', *SHIPPED]}")
+        m = evaluate(model, splits["test"], splits["val"], n_boot=n_boot, fpr=fpr, seed=0, device=device, progress=progress)
+        info["eval_seconds"] = time.time() - t0
+        out[method] = {0: dict(metrics=m, info=info, pred=m.predictions)}
+        log(f"{method:10s} shipped: image AUROC {m['image']['auroc']:.3f}" + (f", pixel AUPRC {m['pixel']['auprc']:.3f}" if m.get("pixel") else ""))
+    return out
+
 # %% ../nbs/50_compare.ipynb #c018
 IMAGE_KEYS, PIXEL_KEYS = ("auroc", "ap"), ("auroc", "auprc", "best_dice")
 
@@ -466,3 +490,30 @@ def plot_rocs(results: dict, seed=None, ax=None):
         s = next(iter(by_seed)) if seed is None else seed
         p = by_seed[s]["pred"]; plot_roc(p.scores, p.labels, ax=ax, label=LABELS.get(m, m))
     return fig
+
+# %% ../nbs/50_compare.ipynb #62a35b2e
+def lesion_groups(kinds, lesion_px) -> dict:
+    "{group: boolean mask over the slices}: 'hyper' / 'hypo' (lesion kind text) and size tertiles of the abnormal slices."
+    kinds, px = np.asarray([str(k) for k in kinds]), np.asarray(lesion_px)
+    ab = px > 0
+    if not ab.any(): raise ValueError("lesion_groups: no slice has lesion pixels")
+    t1, t2 = np.percentile(px[ab], [100 / 3, 200 / 3])
+    hypo = np.char.find(kinds, "hypo") >= 0
+    return {"bright (hyper)": ab & ~hypo, "dark (hypo)": ab & hypo,
+            f"small (<= {t1:.0f} px)": ab & (px <= t1), f"medium": ab & (px > t1) & (px <= t2), f"large (> {t2:.0f} px)": ab & (px > t2)}
+
+def breakdown(pred, kinds) -> dict:
+    "{group: {n, image_auroc, pixel_auprc, best_dice}}: abnormal slices of each group against all normal slices."
+    from uad_notebooks.metrics import image_metrics, pixel_metrics
+    px = (pred.masks.reshape(len(pred.labels), -1) > 0.5).sum(1)
+    normal = (pred.labels == 0) & (px == 0)
+    out = {}
+    for g, sel in lesion_groups(kinds, px).items():
+        if not sel.any(): continue
+        idx = sel | normal
+        row = dict(n=int(sel.sum()), image_auroc=image_metrics(pred.scores[idx], (sel[idx]).astype(int))["auroc"])
+        if pred.maps is not None:
+            pm = pixel_metrics(pred.maps[sel], pred.masks[sel], pred.brains[sel])
+            row.update(pixel_auprc=pm["auprc"], best_dice=pm["best_dice"])
+        out[g] = row
+    return out

@@ -14,7 +14,7 @@ from .core import sha256_file, write_json, to_jsonable, get_device
 
 # %% auto #0
 __all__ = ['WEIGHTS_DIR', 'MANIFEST', 'read_manifest', 'list_pretrained', 'pretrained_info', 'save_pretrained', 'build_model',
-           'load_pretrained']
+           'load_pretrained', 'example_slices', 'healthy_threshold', 'what_it_sees', 'score_histograms']
 
 # %% ../nbs/09_pretrained.ipynb #c006
 WEIGHTS_DIR = Path(importlib.util.find_spec("uad_notebooks").origin).parent / "weights"  # inside the installed package
@@ -99,3 +99,71 @@ def load_pretrained(method: str, # e.g. 'mddpm', 'mae_uad', 'memmc_mae', 'dpa', 
         raise ValueError(f"{path}: does not fit {e['factory']}({e['kwargs']}): missing {missing[:5]}, unexpected {unexpected[:5]}")
     for name, args in e.get("calls", []): getattr(model, name)(*args)
     return model.to(get_device(device)).eval()
+
+# %% ../nbs/09_pretrained.ipynb #cf44d2ad
+def example_slices(ds) -> dict:
+    "{'large bright lesion', 'dark lesion', 'small lesion', 'healthy': index} from a demo split's masks and lesion kinds."
+    import numpy as np
+    px = ds.masks.flatten(1).sum(1).numpy()
+    kinds = [r.get("lesion", "") for r in ds.manifest()]
+    hypo = np.array(["hypo" in k for k in kinds]); ab = px > 0
+    if not ab.any() or ab.all(): raise ValueError("example_slices: the split needs lesion slices and healthy slices")
+    out = {"large bright lesion": int(np.argmax(np.where(ab & ~hypo, px, -1)))}
+    if (ab & hypo).any(): out["dark lesion"] = int(np.argmax(np.where(ab & hypo, px, -1)))
+    small = np.where(ab, px, np.inf); out["small lesion"] = int(np.argmin(small))
+    brain = ds.brains.flatten(1).sum(1).numpy()
+    out["healthy"] = int(np.argmax(np.where(~ab & (ds.labels.numpy() == 0), brain, -1)))
+    return out
+
+@torch.no_grad()
+def healthy_threshold(model, healthy_ds, fpr: float = 0.05, device="cpu"):
+    "(threshold flagging `fpr` of healthy in-brain pixels, 99th percentile of them): from a model's maps of healthy slices."
+    import numpy as np
+    from uad_notebooks.evaluate import predict
+    p = predict(model, healthy_ds, device=device, progress=False)
+    v = p.maps[p.brains > 0.5]
+    return float(np.quantile(v, 1 - fpr)), float(np.quantile(v, 0.99))
+
+@torch.no_grad()
+def what_it_sees(model, ds, healthy_ds, recon=None, # recon(x) -> reconstruction (B, C, H, W), or None
+                 examples: dict | None = None, fpr: float = 0.05, title: str = "", device="cpu"):
+    "Rows: example slices; columns: input (lesion outlined), reconstruction, anomaly map, map above the healthy-FPR threshold."
+    import matplotlib.pyplot as plt
+    from uad_notebooks.evaluate import _accepts
+    examples = example_slices(ds) if examples is None else examples
+    thr, vmax = healthy_threshold(model, healthy_ds, fpr, device)
+    idx = list(examples.values())
+    x, m, b = ds.images[idx].to(device), ds.masks[idx], ds.brains[idx].to(device)
+    kw = {"brain": b} if _accepts(model.anomaly_map, "brain") else {}
+    maps = model.anomaly_map(x, **kw).cpu()
+    rec = recon(x).cpu() if recon is not None else None
+    cols = ["input (lesion outlined)"] + (["reconstruction"] if rec is not None else []) + ["anomaly map", f"map > healthy {fpr:.0%} FPR threshold"]
+    fig, axs = plt.subplots(len(idx), len(cols), figsize=(2.3 * len(cols), 2.3 * len(idx)), squeeze=False)
+    show = lambda t: t.permute(1, 2, 0).clamp(0, 1).numpy() if t.shape[0] == 3 else t[0].numpy()
+    for r, (name, i) in enumerate(examples.items()):
+        c = 0
+        axs[r, c].imshow(show(x[r].cpu()), cmap="gray", vmin=0, vmax=1)
+        if m[r].any(): axs[r, c].contour(m[r, 0].numpy(), levels=[0.5], colors="r", linewidths=0.8)
+        axs[r, c].set_ylabel(name, fontsize=8); c += 1
+        if rec is not None: axs[r, c].imshow(show(rec[r]), cmap="gray", vmin=0, vmax=1); c += 1
+        axs[r, c].imshow(maps[r, 0].numpy(), cmap="magma", vmin=0, vmax=vmax); c += 1
+        axs[r, c].imshow(show(x[r].cpu()), cmap="gray", vmin=0, vmax=1)
+        hit = (maps[r, 0] > thr).numpy()
+        axs[r, c].imshow(hit, cmap="autumn", alpha=0.6 * hit)
+        if m[r].any(): axs[r, c].contour(m[r, 0].numpy(), levels=[0.5], colors="c", linewidths=0.8)
+    for ax in axs.flat: ax.set_xticks([]); ax.set_yticks([])
+    for c, t in enumerate(cols): axs[0, c].set_title(t, fontsize=8)
+    if title: fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+@torch.no_grad()
+def score_histograms(model, ds, title: str = "", device="cpu"):
+    "Image scores of normal and abnormal slices of `ds`, with the AUROC in the title."
+    from uad_notebooks.evaluate import predict
+    from uad_notebooks.metrics import image_metrics
+    from uad_notebooks.viz import plot_score_hist
+    p = predict(model, ds, maps=False, device=device, progress=False)
+    fig = plot_score_hist(p.scores, p.labels)
+    fig.axes[0].set_title(f"{title}image AUROC {image_metrics(p.scores, p.labels)['auroc']:.3f} ({len(p.labels)} slices)", fontsize=9)
+    return fig
