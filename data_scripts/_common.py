@@ -5,24 +5,76 @@ the counts the spec expects) and calls `run(script)`. The steps themselves live 
 `uad_notebooks.download` (fetching) and `uad_notebooks.prepare` (preprocessing, manifest, provenance, check).
 """
 from __future__ import annotations
-import argparse, csv, json, re, shutil, sys
+import argparse, copy, csv, gzip, hashlib, json, re, shutil, sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path: sys.path.insert(0, str(ROOT))   # run from a checkout without `pip install -e .`
 
-from uad_notebooks.download import (ChecksumError, ManualStep, Resource, SplitFiles, fetch_resources,  # noqa: E402,F401
-                                    fetch_split_files, install_shipped, sha256sum, verify_split_file)
+from uad_notebooks.download import (ChecksumError, ManualStep, Resource, SplitFiles, check_upstream,  # noqa: E402,F401
+                                    fetch_resources, fetch_split_files, sha256sum, verify_split_file)
+from uad_notebooks.data import intensity_record  # noqa: E402
 from uad_notebooks.prepare import Provenance, check_prepared, write_manifest  # noqa: E402
 
-# Pinned commits of the papers' public repositories (full hashes as held by the public code index).
+# Pinned commits of the papers' public repositories (checked against snapshots of the repositories, see splits/README.md).
 GEORGESCU = 'lilygeorgescu/MAE-medical-anomaly-detection', '636824244c043b8eb38b6d6a0c057891b87825ae'
 MDDPM = 'hasan1292/mDDPM', '016762ef0c162dab26b3de49e44c712f1aeeefaa'
-MDDPM_ALT = '7fb0174c55cc4ca526191df9c8c1514548cea48d'   # commit at which the index held the other split CSVs
 DPA = 'ninatu/anomaly_detection', 'ada92019d53b3861f4e334f3d0c4b2ceac70b606'
-SHIPPED = Path(__file__).resolve().parent / 'splits'   # copies of the split files we could verify (see splits/README.md)
+SHIPPED = Path(__file__).resolve().parent / 'splits'   # copies of the published split files (see splits/README.md)
+
+
+def read_pins(path=SHIPPED / 'pins.csv') -> dict:
+    "{(repo, path): row} of the pin table: every published split file with its commit, bytes, SHA-256, git blob, copy."
+    with open(path, newline='') as f: rows = list(csv.DictReader(f))
+    return {(r['repo'], r['path']): r for r in rows}
+
+
+PINS = read_pins()
+
+
+def published(repo_commit, paths, **kw) -> SplitFiles:
+    """SplitFiles of `paths` in `repo_commit` with every file pinned (SHA-256 and commit from splits/pins.csv) and its
+    shipped copy (plain or .gz) where the checkout holds it. A path without a pin is an error: nothing is trusted on
+    first use."""
+    repo, commit = repo_commit
+    missing = [p for p in paths if (repo, p) not in PINS]
+    if missing: raise ValueError(f'no pin in {SHIPPED / "pins.csv"} for {repo} {missing}')
+    rows = {p: PINS[repo, p] for p in paths}
+    return SplitFiles(repo, commit, list(paths), sha256={p: r['sha256'] for p, r in rows.items()},
+                      commits={p: r['commit'] for p, r in rows.items() if r['commit'] != commit},
+                      shipped={p: SHIPPED / r['shipped'] for p, r in rows.items()
+                               if r['shipped'] and (SHIPPED / r['shipped']).exists()}, **kw)
+
+
+def shipped_bytes(src) -> bytes:
+    "The published bytes of a shipped copy (`.gz` copies are decompressed)."
+    data = Path(src).read_bytes()
+    return gzip.decompress(data) if str(src).endswith('.gz') else data
+
+
+def install_published(spec: SplitFiles, split_dir) -> dict:
+    "Put the shipped copies of `spec` into `split_dir` where missing, verify every one there against its pin. Offline."
+    out = {}
+    for p, src in spec.shipped.items():
+        data = shipped_bytes(src)
+        if hashlib.sha256(data).hexdigest() != spec.sha256[p]:    # a checkout with CRLF line endings holds the same text
+            data = data.replace(b'\r\n', b'\n')
+        if hashlib.sha256(data).hexdigest() != spec.sha256[p]:    # a damaged checkout must not pass as the published list
+            raise ChecksumError(f'{src}: its content does not hash to the pin of {p} ({spec.sha256[p]})')
+        dest = spec.local(split_dir, p)
+        if dest.exists():
+            try: verify_split_file(dest, spec.sha256[p])
+            except ChecksumError as e:
+                raise ChecksumError(f'{e}; the hash of {p} is pinned in this repository: delete {dest} to use the '
+                                    f'shipped copy (or pass --own-splits for lists of your own)') from None
+            out[p] = 'present, matches the pin'
+        else:
+            dest.parent.mkdir(parents=True, exist_ok=True); dest.write_bytes(data); out[p] = 'installed from the shipped copy'
+    return out
 
 
 @dataclass
@@ -48,29 +100,37 @@ def split_dir_of(args) -> Path:
 
 
 def published_split_dir(args, script: DatasetScript) -> Path:
-    "The split folder, with the shipped (pinned) split files of `script` installed there where missing (offline)."
+    """The split folder, with the shipped (pinned) split files of `script` installed there where missing (offline);
+    with --own-splits, the folder as it is (the user's own lists)."""
     sd = split_dir_of(args)
-    if script.split_files is not None and script.split_files.shipped: install_shipped(script.split_files, sd)
+    if script.split_files is not None and not getattr(args, 'own_splits', False): install_published(script.split_files, sd)
     return sd
 
 
-def record_split_files(prov: Provenance, script: DatasetScript, split_dir: Path, variant: str, paths=None):
-    "Record the split files used (URL at the pinned commit, SHA-256, pinned or first-use) and the variant."
+def record_split_files(prov: Provenance, script: DatasetScript, split_dir: Path, variant: str, paths=None, own=None):
+    """Verify the split files used against their pins (or, for a spec without pins, the hashes `download` recorded)
+    and record them (URL at the pinned commit, SHA-256, how checked) and the variant. `own` (default: the prepare
+    run's --own-splits): the user's own lists in the published format, hashed and recorded as such, not checked."""
     spec = script.split_files
+    if own is None: own = bool(prov.d.get('params', {}).get('own_splits'))
     rec = Path(split_dir) / 'split_hashes.json'          # written by `download` when it fetched the files
     recorded = json.loads(rec.read_text()).get('sha256', {}) if rec.exists() else {}
     for p in (spec.paths if paths is None else paths):
         f = spec.local(split_dir, p)
         if not f.exists(): continue
-        want = spec.sha256.get(p) or recorded.get(p)
+        want = None if own else spec.sha256.get(p) or recorded.get(p)
         try: h = verify_split_file(f, want)
         except ChecksumError as e:
-            why = ('its hash is pinned in this repository: delete it to use the shipped copy' if p in spec.sha256 else
+            why = ('its hash is pinned in this repository: delete it to use the shipped copy, or pass --own-splits '
+                   'for lists of your own' if p in spec.sha256 else
                    'it changed since its hash was recorded when fetched: delete it and run `download` again')
             raise ChecksumError(f'{e}; {why} ({spec.url(p)})') from None
+        check = ('own list (--own-splits): not the published file, not checked' if own else
+                 'pinned in the repository' if p in spec.sha256 else
+                 'recorded at download (trust on first use)' if want else 'unverified')
         prov.d['split_files'][p] = dict(url=spec.url(p), sha256=h, local=str(f), verified_against=bool(want),
-                                        check='pinned in the repository' if p in spec.sha256 else
-                                        'recorded at download (trust on first use)' if want else 'unverified')
+                                        pinned=spec.sha256.get(p), check=check)
+    if own: prov.d['split_files_own'] = True
     prov.d['split_variant'] = variant
 
 
@@ -82,6 +142,18 @@ def need(path) -> Path:
                                 f'(it fetches the published split files at a pinned commit), pass --split-dir, '
                                 f'or use --split-variant generated')
     return path
+
+
+def load_grey8(path) -> np.ndarray:
+    """An image file as 8-bit grey (H, W) uint8, the values as saved: 8-bit images unchanged (colour to luminance by
+    PIL), 16-bit ones scaled by 255 / 65535 (a fixed map, nothing per image)."""
+    from PIL import Image
+    with Image.open(path) as im:
+        if im.mode in ('I;16', 'I;16B', 'I;16L', 'I'):
+            a = np.asarray(im, dtype=np.float64)
+            if a.min() < 0 or a.max() > 65535: raise ValueError(f'{path}: {im.mode} values outside 0..65535')
+            return np.round(a * 255 / 65535).astype(np.uint8)
+        return np.asarray(im.convert('L'))
 
 
 def read_lines(path) -> list:
@@ -114,12 +186,30 @@ def build_parser(script: DatasetScript) -> argparse.ArgumentParser:
         pr.add_argument('--split-variant', choices=['faithful', 'clean', 'generated'], default='faithful',
                         help="faithful: the published lists as they are; clean: de-duplicated, no subject in two splits; "
                              "generated: a seeded patient-level split (no published files needed)")
+        pr.add_argument('--own-splits', action='store_true',
+                        help='the split files in --split-dir are your own lists in the published format (e.g. a test '
+                             'layout), not the papers\' files: they are not checked against the pins, and provenance '
+                             'records them as your own')
     pr.add_argument('--seed', type=int, default=0, help='seed of any generated split or sampling')
     if script.add_arguments: script.add_arguments(pr)
     c = sub.add_parser('check', help='validate a prepared folder: files, labels, leaks, counts vs the spec, hashes.csv')
     c.add_argument('--out-dir', required=True)
     c.add_argument('--no-spec-counts', action='store_true', help='do not fail when counts differ from the spec (subsets)')
     return p
+
+
+def fetch_published(spec: SplitFiles, split_dir, upstream: bool = True, progress: bool = False) -> dict:
+    """Install the shipped copies (offline) and, with `upstream`, compare each with the file at its pinned commit and
+    download the others (verified against their pins). {path: sha256}."""
+    split_dir = Path(split_dir)
+    status = install_published(spec, split_dir)
+    out = {p: spec.sha256[p] for p in spec.shipped}
+    for p in spec.shipped:
+        if not upstream: print(f'{p}: {status[p]} (pinned; upstream not contacted)'); continue
+        try: check_upstream(spec, p, split_dir, progress); print(f'{p}: {status[p]}; upstream copy verified')
+        except ConnectionError as e: print(f'{p}: {status[p]}; could not reach {spec.url(p)} to verify it ({e})')
+    rest = copy.copy(spec); rest.shipped = {}; rest.paths = [p for p in spec.paths if p not in spec.shipped]
+    return {**out, **fetch_split_files(rest, split_dir, progress=progress, upstream=upstream)}
 
 
 def cmd_download(script: DatasetScript, args) -> int:
@@ -129,7 +219,7 @@ def cmd_download(script: DatasetScript, args) -> int:
         (raw / 'download_hashes.json').write_text(json.dumps(hashes, indent=1))
         print(f'downloaded {len(hashes)} file(s) into {raw}')
     if script.split_files is not None and not args.no_splits:
-        hashes = fetch_split_files(script.split_files, raw / 'splits', upstream=not args.offline)
+        hashes = fetch_published(script.split_files, raw / 'splits', upstream=not args.offline)
         rec = raw / 'splits' / 'split_hashes.json'
         old = json.loads(rec.read_text()).get('sha256', {}) if rec.exists() else {}
         rec.write_text(json.dumps(dict(repo=script.split_files.repo, commit=script.split_files.commit,
@@ -153,6 +243,7 @@ def cmd_prepare(script: DatasetScript, args) -> int:
         shutil.rmtree(out)
     params = {k: v for k, v in vars(args).items() if k not in ('command',)}
     prov = Provenance(script.name, script.description.split('.')[0], params)
+    prov.d['intensity'] = intensity_record(script.name)     # what load_dataset(normalize='auto') applies to the stored values
     rows = script.prepare(raw, out, args, prov)
     write_manifest(rows, out)
     prov.write(out, rows)

@@ -10,8 +10,8 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (GEORGESCU, DatasetScript, main, ManualStep, progress, read_lines, record_split_files, run,
-                     SplitFiles)  # noqa: E402
+from _common import (GEORGESCU, DatasetScript, main, ManualStep, progress, published, published_split_dir, read_lines,
+                     record_split_files, run)  # noqa: E402
 
 import numpy as np  # noqa: E402
 from uad_notebooks.prepare import resize2d, save_image, split_subjects  # noqa: E402
@@ -52,18 +52,20 @@ def plan_split(files: dict, args, prov) -> list:
         prov.d['split_variant'] = 'generated'
         prov.step('generated split', seed=args.seed, fractions='176/45/148 of 369 volumes (Georgescu sizes)')
         return [(assign[v], None, v, s) for v, s in sorted(files)]
-    sd = Path(args.split_dir) if args.split_dir else Path(args.raw_dir) / 'splits'
+    sd = published_split_dir(args, SCRIPT)                  # the shipped, pinned lists installed where missing
     plan, seen = [], defaultdict(list)
-    for fname, (split, label) in SPLIT_LISTS.items():
+    for fname in SPLIT_LISTS:
         f = sd / fname
         if not f.exists(): raise FileNotFoundError(f'split file {f} missing: run `brats2020.py download` on a connected '
                                                    f'machine, or use --split-variant generated')
+    record_split_files(prov, SCRIPT, sd, variant)            # each list checked against its pin before it is read
+    for fname, (split, label) in SPLIT_LISTS.items():
+        f = sd / fname
         for line in read_lines(f):
             m = NAME.search(line)
             if not m: raise ValueError(f'{f}: unexpected entry {line!r} (want volume_V_slice_S.npy)')
             key = int(m.group(1)), int(m.group(2))
             seen[key].append(split); plan.append((split, label, *key))
-    record_split_files(prov, SCRIPT, sd, variant)
     dup = {k: v for k, v in seen.items() if len(v) > 1}
     vol_splits = defaultdict(set)
     for split, _, v, _ in plan: vol_splits[v].add(split)
@@ -93,7 +95,8 @@ def prepare(raw_dir, out_dir, args, prov):
         plan = [p for p in plan if p[2] in keep[p[0]]]
     prov.step('read HDF5', key='image', channel=args.channel,
               note='channel order of the Kaggle mirror is unverified (probably T1, T1ce, T2, FLAIR); Georgescu uses channel 0')
-    prov.step('intensity', what='none: the mirror is already z-scored per volume; Georgescu adds no normalisation')
+    prov.step('intensity', stored='channel values of the Kaggle arrays, unchanged (float32)',
+              load="unchanged (intensity contract 'as_stored': Georgescu's process_image uses mean 0, std 1)")
     if args.img_size: prov.step('resize', size=args.img_size, order=3, masks='nearest')
     rows, mislabelled = [], 0
     for split, label, v, s in progress(plan, 'brats2020 slices'):
@@ -133,7 +136,7 @@ SCRIPT = DatasetScript(
                        'kaggle datasets download -d awsaf49/brats2020-training-data (or the web Download button)',
                        'unzip the archive into the raw folder'],
                       ['**/volume_*_slice_*.h5'], 'BraTS 2020 data-use terms'),
-    split_files=SplitFiles(GEORGESCU[0], GEORGESCU[1], [f'dataset/split/brats/{f}' for f in SPLIT_LISTS]),
+    split_files=published(GEORGESCU, [f'dataset/split/brats/{f}' for f in SPLIT_LISTS]),
     prepare=prepare, add_arguments=add_arguments,
     expected=lambda params: EXPECTED if params.get('split_variant') == 'faithful' and not params.get('limit') else None)
 

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (MDDPM, DatasetScript, main, ManualStep, progress, read_csv, record_split_files, run,
-                     split_dir_of, SplitFiles, subject_of)  # noqa: E402
+from _common import (MDDPM, DatasetScript, main, ManualStep, need, progress, published, published_split_dir, read_csv,
+                     record_split_files, run, subject_of)  # noqa: E402
 from _pddpm import Chain, add_chain_arguments, pddpm_split, write_subject  # noqa: E402
 from uad_notebooks.prepare import split_subjects  # noqa: E402
 
@@ -35,10 +35,11 @@ def prepare(raw_dir, out_dir, args, prov):
         lists = {k: sorted(s for s, v in assign.items() if v == k) for k in ('val', 'test')}
         prov.d['split_variant'] = 'generated'; prov.step('generated split', seed=args.seed, sizes='100/1151 of 1251')
     else:
-        sd = split_dir_of(args)
+        sd = published_split_dir(args, SCRIPT)              # the shipped, pinned CSVs installed where missing
+        for k in ('val', 'test'): need(sd / f'Brats21_{k}.csv')
+        record_split_files(prov, SCRIPT, sd, args.split_variant)   # checked against their pins before they are read
         lists = {k: [subject_of(r['img_name'] + r.get('img_path', ''), BRATS_ID) for r in read_csv(sd / f'Brats21_{k}.csv')]
                  for k in ('val', 'test')}
-        record_split_files(prov, SCRIPT, sd, args.split_variant)
         lists = pddpm_split(lists, args.split_variant, prov)
     prov.step('modality', use=args.modality, segmentation='all tumour labels > 0 (whole tumour)')
     chain = Chain(prov, args, resample_1mm=False, skull_strip='given', sri24=None, n4_mask=False)
@@ -67,7 +68,7 @@ SCRIPT = DatasetScript(
                       ['Register for the RSNA-ASNR-MICCAI BraTS 2021 challenge on Synapse and accept its terms',
                        'Download BraTS2021_Training_Data.tar (Task 1)', 'tar -xf BraTS2021_Training_Data.tar -C RAW'],
                       ['**/BraTS2021_*_t2.nii.gz', '**/BraTS2021_*_seg.nii.gz'], 'BraTS 2021 data-use terms'),
-    split_files=SplitFiles(MDDPM[0], MDDPM[1], ['Data/splits/Brats21_val.csv', 'Data/splits/Brats21_test.csv']),
+    split_files=published(MDDPM, ['Data/splits/Brats21_val.csv', 'Data/splits/Brats21_test.csv']),
     prepare=prepare, add_arguments=add_arguments, unit='volumes',
     expected=lambda p: {('val', 'volumes'): 100, ('test', 'volumes'): 1151}
     if p.get('split_variant') == 'faithful' and not p.get('limit') else None)

@@ -10,8 +10,8 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (DPA, DatasetScript, main, ManualStep, progress, read_lines, record_split_files, run,
-                     split_dir_of, SplitFiles)  # noqa: E402
+from _common import (DPA, DatasetScript, main, ManualStep, progress, published, published_split_dir, read_lines,
+                     record_split_files, run)  # noqa: E402
 
 import numpy as np  # noqa: E402
 from uad_notebooks.prepare import (MacenkoNormalizer, optional_import, patch_grid, resize2d, sample_patches,  # noqa: E402
@@ -91,7 +91,8 @@ def reference(raw_dir) -> dict:
 def plan(raw_dir, args, prov, slides, xmls) -> list:
     "[(split, label, slide, kind, x, y)] from DPA's lists or sampled as DPA's scripts do."
     if args.split_variant in ('faithful', 'clean'):
-        sd = split_dir_of(args); out = []
+        sd = published_split_dir(args, SCRIPT); out = []    # the shipped, pinned lists installed where missing
+        record_split_files(prov, SCRIPT, sd, args.split_variant)   # checked against their pins before they are read
         for lst, (split, lab) in LISTS.items():
             f = sd / f'camelyon16_{lst.replace("/", "_")}.txt'
             if not f.exists() and lst == 'normal/train':
@@ -99,7 +100,6 @@ def plan(raw_dir, args, prov, slides, xmls) -> list:
             for line in read_lines(f):
                 m = PATCH.search(line)
                 if m: out.append((split, lab, m['slide'], m['kind'], int(m['x']), int(m['y'])))
-        record_split_files(prov, SCRIPT, sd, args.split_variant)
         if not any(o[0] == 'train' for o in out): out += sampled(raw_dir, args, slides, xmls, only='train')
         return out
     prov.d['split_variant'] = 'generated'
@@ -140,7 +140,9 @@ def prepare(raw_dir, out_dir, args, prov):
         items = [it for v in per.values() for it in v[:args.limit]]
     prov.step('patches', size=args.patch_size, level=0, per_slide=args.per_slide, excluded=sorted(EXCLUDED),
               rule='fully inside Otsu tissue (and inside tumour annotations for tumour patches)')
-    prov.step('rescale', to=args.out_size, note='DPA: x40 768 px -> x10 192 px; train RandomCrop 64, test CenterCrop 64 at load time')
+    prov.step('rescale', to=args.out_size, note='DPA: x40 768 px -> x10 192 px; train RandomCrop 64, test CenterCrop 64 at load time',
+              stored='8-bit RGB PNG (rounded)',
+              load="x * 2/255 - 1 per channel by load_dataset (intensity contract 'uint8_to_pm1': DPA's ToTensor + Normalize(0.5, 0.5))")
     missing = sorted({it[2] for it in items} - set(slides))
     if missing: raise FileNotFoundError(f'{len(missing)} slide(s) of the patch lists are not under {raw_dir}, e.g. {missing[0]}')
     rows, open_slides, n_plain, readers = [], {}, 0, set()
@@ -150,7 +152,7 @@ def prepare(raw_dir, out_dir, args, prov):
         if norm is not None:
             try: patch = norm.transform(patch)
             except ValueError: n_plain += 1                      # no tissue, or one colour: nothing to normalise
-        patch = resize2d(patch, args.out_size, 1).clip(0, 255).astype(np.uint8)
+        patch = resize2d(patch, args.out_size, 1).clip(0, 255).round().astype(np.uint8)
         stem = f'{name}_{kind}_x_{x}_y_{y}_w_{args.patch_size}_h_{args.patch_size}'
         save_image(patch, Path(out_dir) / 'images' / f'{stem}.png')
         rows.append(dict(split=split, subject=name, label=lab, image=f'images/{stem}.png', mask='', brain=''))
@@ -219,8 +221,7 @@ SCRIPT = DatasetScript(
                        'testing/images, testing/lesion_annotations and testing/reference.csv',
                        '(the links left the challenge page, DPA issue #3; the public AWS bucket holds a copy)'],
                       ['**/normal_*.tif', '**/tumor_*.tif', '**/tumor_*.xml'], 'CC0'),
-    split_files=SplitFiles(DPA[0], DPA[1], [f'folds/train_test_split/camelyon16/healthy/{l}' for l in LISTS],
-                           optional=['folds/train_test_split/camelyon16/healthy/normal/train']),
+    split_files=published(DPA, [f'folds/train_test_split/camelyon16/healthy/{l}' for l in LISTS]),
     prepare=prepare, add_arguments=add_arguments,
     expected=lambda p: EXPECTED if p.get('split_variant') == 'faithful' and not p.get('limit') else None)
 SCRIPT.split_files.local = lambda split_dir, path: Path(split_dir) / f'camelyon16_{"_".join(path.split("/")[-2:])}.txt'

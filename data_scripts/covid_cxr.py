@@ -13,10 +13,10 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DatasetScript, main, ManualStep, progress, read_lines, run  # noqa: E402
+from _common import DatasetScript, load_grey8, main, ManualStep, progress, read_lines, run  # noqa: E402
 
 import numpy as np  # noqa: E402
-from uad_notebooks.prepare import resize2d, save_image, split_subjects, to_uint8  # noqa: E402
+from uad_notebooks.prepare import resize2d, save_image, split_subjects  # noqa: E402
 
 NORMAL, COVID = {'negative', 'normal'}, {'positive', 'covid-19', 'covid'}
 
@@ -31,11 +31,6 @@ def read_labels(path) -> list:
     return out
 
 
-def load_grey(path) -> np.ndarray:
-    from PIL import Image
-    with Image.open(path) as im: return np.asarray(im.convert('L'), np.float32)
-
-
 def prepare(raw_dir, out_dir, args, prov):
     raw_dir = Path(raw_dir)
     lists = {s: raw_dir / f'{s}.txt' for s in ('train', 'val', 'test') if (raw_dir / f'{s}.txt').exists()}
@@ -48,7 +43,9 @@ def prepare(raw_dir, out_dir, args, prov):
         prov.step('validation split', source='patients of train.txt', fraction=args.val_frac, seed=args.seed)
     prov.d['split_variant'] = 'official lists (COVIDx), train restricted to normals'
     prov.step('classes', normal=sorted(NORMAL), abnormal=sorted(COVID), excluded='non-COVID pneumonia')
-    prov.step('resize', size=args.img_size, grey='PIL convert("L")')
+    prov.step('resize', size=args.img_size, grey='PIL convert("L"); 16-bit images scaled by 255/65535',
+              stored='8-bit grey PNG of the values as saved (bilinear resize, rounded); no per-image scaling',
+              load="x / 255 by load_dataset (intensity contract 'uint8_to_unit', our choice)")
     rows, n = [], defaultdict(int)
     for split, items in entries.items():
         for pid, fname, c in progress(items, f'covid_cxr {split}'):
@@ -59,7 +56,8 @@ def prepare(raw_dir, out_dir, args, prov):
             if args.limit and n[split, label] >= args.limit: continue
             n[split, label] += 1
             stem = Path(fname).stem
-            save_image(to_uint8(resize2d(load_grey(src), args.img_size, 1)), Path(out_dir) / 'images' / split / f'{stem}.png')
+            img = resize2d(load_grey8(src).astype(np.float32), args.img_size, 1).clip(0, 255).round().astype(np.uint8)
+            save_image(img, Path(out_dir) / 'images' / split / f'{stem}.png')
             rows.append(dict(split=split, subject=pid, label=label, image=f'images/{split}/{stem}.png', mask='', brain=''))
     shared = {p for p in {r['subject'] for r in rows if r['split'] == 'test'}} & {r['subject'] for r in rows if r['split'] != 'test'}
     if shared: prov.note(f'{len(shared)} patients appear in test and in train/val of the official lists')

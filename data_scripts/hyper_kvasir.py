@@ -46,14 +46,17 @@ def prepare(raw_dir, out_dir, args, prov):
     prov.step('classes', normal=f'classification in {args.normal_classes}', abnormal=f'finding in {args.abnormal_findings}')
     prov.step('split', kind='image level (Hyper-Kvasir has no patient ids), seeded', seed=args.seed, fractions=fr,
               note="MemMC-MAE's split (probably CCD's Hyper-Kvasir anomaly split, Google Drive) is unverified (spec B.5)")
-    prov.step('resize', size=args.img_size, colour='RGB kept', masks=f'{len(masks)} polyp masks (JPEG, > 127)')
+    prov.step('resize', size=args.img_size, colour='RGB kept', masks=f'{len(masks)} polyp masks (JPEG, > 127)',
+              stored='8-bit RGB PNG (bilinear resize, rounded); no per-image scaling',
+              load="x / 255 per channel by load_dataset (intensity contract 'uint8_to_unit', our choice); load with in_chans=3")
     rows, n = [], defaultdict(int)
     for lab, group, assign in ((0, normal, a_n), (1, abnormal, a_a)):
         for p, organ, klass, finding in progress(group, f'hyper_kvasir label {lab}'):
             split = assign[p.stem]
             if args.limit and n[split, lab] >= args.limit: continue
             n[split, lab] += 1
-            save_image(resize2d(load_rgb(p), args.img_size, 1).clip(0, 255).astype(np.uint8), Path(out_dir) / 'images' / f'{p.stem}.png')
+            save_image(resize2d(load_rgb(p), args.img_size, 1).clip(0, 255).round().astype(np.uint8),
+                       Path(out_dir) / 'images' / f'{p.stem}.png')
             m = ''
             if lab and p.stem in masks:
                 mk = (load_rgb(masks[p.stem]).mean(-1) > 127).astype(np.uint8) * 255

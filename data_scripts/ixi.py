@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (MDDPM, MDDPM_ALT, DatasetScript, main, progress, read_csv, record_split_files, Resource,
-                     run, split_dir_of, SplitFiles, subject_of)  # noqa: E402
+from _common import (MDDPM, DatasetScript, main, need, progress, published, published_split_dir, read_csv,
+                     record_split_files, Resource, run, subject_of)  # noqa: E402
 from _pddpm import Chain, add_chain_arguments, pddpm_split, write_subject  # noqa: E402
 from uad_notebooks.prepare import split_subjects  # noqa: E402
 
@@ -18,7 +18,7 @@ IXI_ID = r'IXI\d{3}-[A-Za-z]+-\d{4}'
 FILES = ['Data/splits/IXI_train_fold{k}.csv', 'Data/splits/IXI_val_fold{k}.csv']
 PATHS = [f.format(k=k) for k in range(5) for f in FILES] + ['Data/splits/IXI_test.csv', 'Data/splits/avail_t2.csv']
 # volumes per split after the T2 filter (spec B.7, counted from the published CSVs; duplicates included)
-EXPECTED = {0: (385, 44), 1: (385, 44), 2: (386, 43), 3: (386, 43), 4: (386, 43)}
+EXPECTED = {0: (385, 44), 1: (385, 44), 2: (385, 44), 3: (386, 43), 4: (386, 43)}
 
 
 def find_t2(raw_dir) -> dict:
@@ -42,7 +42,11 @@ def prepare(raw_dir, out_dir, args, prov):
         lists = {s: sorted(k for k, v in assign.items() if v == s) for s in ('train', 'val', 'test')}
         prov.d['split_variant'] = 'generated'; prov.step('generated split', seed=args.seed, fractions='65.5/7.5/27 %')
     else:
-        sd = split_dir_of(args)
+        sd = published_split_dir(args, SCRIPT)              # the shipped, pinned CSVs installed where missing
+        used = [f'IXI_train_fold{args.fold}.csv', f'IXI_val_fold{args.fold}.csv', 'IXI_test.csv']
+        for f in used: need(sd / f)
+        record_split_files(prov, SCRIPT, sd, args.split_variant,    # checked against their pins before they are read
+                           paths=[f'Data/splits/{f}' for f in used + ['avail_t2.csv'] if (sd / f).exists()])
         lists = {'train': subjects_of_csv(sd / f'IXI_train_fold{args.fold}.csv'),
                  'val': subjects_of_csv(sd / f'IXI_val_fold{args.fold}.csv'), 'test': subjects_of_csv(sd / 'IXI_test.csv')}
         avail = sd / 'avail_t2.csv'
@@ -50,7 +54,6 @@ def prepare(raw_dir, out_dir, args, prov):
             ok = {subject_of(v, IXI_ID) for r in read_csv(avail) for v in r.values() if v and 'IXI' in v}
             lists = {k: [s for s in v if s in ok] for k, v in lists.items()}
             prov.step('T2 filter', file='avail_t2.csv', subjects=len(ok))
-        record_split_files(prov, SCRIPT, sd, args.split_variant)
         lists = pddpm_split(lists, args.split_variant, prov)
     missing = sorted({s for v in lists.values() for s in v} - set(t2))
     if missing: prov.note(f'{len(missing)} listed subjects have no T2 file and are skipped, e.g. {missing[:3]}')
@@ -85,9 +88,7 @@ SCRIPT = DatasetScript(
     resources=[Resource('http://biomedic.doc.ic.ac.uk/brain-development/downloads/IXI/IXI-T2.tar', 'IXI-T2.tar',
                         extract=True),
                Resource('http://biomedic.doc.ic.ac.uk/brain-development/downloads/IXI/IXI.xls', 'IXI.xls')],
-    split_files=SplitFiles(MDDPM[0], MDDPM[1], PATHS,
-                           commits={p: MDDPM_ALT for p in PATHS if any(k in p for k in
-                                    ('IXI_test', 'avail_t2', 'fold1', 'val_fold2', 'val_fold3', 'train_fold3'))}),
+    split_files=published(MDDPM, PATHS),
     prepare=prepare, add_arguments=add_arguments, expected=expected, unit='volumes')
 
 if __name__ == '__main__':

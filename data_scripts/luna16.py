@@ -10,8 +10,8 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (GEORGESCU, DatasetScript, main, ManualStep, progress, read_lines, record_split_files, run,
-                     split_dir_of, SplitFiles)  # noqa: E402
+from _common import (GEORGESCU, DatasetScript, main, ManualStep, need, progress, published, published_split_dir,
+                     read_lines, record_split_files, run)  # noqa: E402
 
 import numpy as np  # noqa: E402
 from uad_notebooks.prepare import save_image  # noqa: E402
@@ -79,12 +79,13 @@ def prepare(raw_dir, out_dir, args, prov):
                [('test', 1, i) for i in pos[p_va:]]
         prov.d['split_variant'] = 'generated'; prov.step('generated split', seed=args.seed, level='candidate')
     else:
-        sd = split_dir_of(args)
+        sd = published_split_dir(args, SCRIPT)              # the shipped, pinned lists installed where missing
+        for f in SPLIT_LISTS: need(sd / f)                   # a clear error where one is missing ...
+        record_split_files(prov, SCRIPT, sd, args.split_variant)   # ... and each checked against its pin before use
         lists = {f: [int(re.sub(r'\D', '', l)) for l in read_lines(sd / f)] for f in SPLIT_LISTS}
         off = row_offset(cands, [r for f, (_, lab) in SPLIT_LISTS.items() if lab == 1 for r in lists[f]])
         prov.step('row convention', offset=off, note='split entries {row}.npy index candidates.csv data rows + offset')
         plan = [(s, lab, r + off) for f, (s, lab) in SPLIT_LISTS.items() for r in lists[f]]
-        record_split_files(prov, SCRIPT, sd, args.split_variant)
         if args.split_variant == 'clean':   # Georgescu's split is per candidate: drop train/val candidates of test scans
             scan_split = defaultdict(set)
             for s, _, i in plan: scan_split[cands[i]['seriesuid']].add(s)
@@ -98,7 +99,8 @@ def prepare(raw_dir, out_dir, args, prov):
         plan = [p for v in per.values() for p in v[:args.limit]]
     prov.step('crop', what='axial slice through the candidate centre, square crop in voxels', size=args.crop_size,
               pad='-1000 HU', note='crop geometry is not in Georgescu\'s code or README (spec A.9, A.12 #6): unverified')
-    prov.step('intensity', what='raw HU kept; Georgescu divides by 100 at load time (luna16_unnorm)')
+    prov.step('intensity', stored='Hounsfield units (float32), air padding -1000 HU',
+              load="HU / 100 by load_dataset (intensity contract 'hu_div_100', as Georgescu's process_image for luna16_unnorm)")
     missing = sorted({cands[i]['seriesuid'] for _, _, i in plan} - set(scans))
     if missing: raise FileNotFoundError(f'{len(missing)} scan(s) of the split are not under {raw_dir}/subset*/, e.g. {missing[0]}')
     by_scan = defaultdict(list)
@@ -132,7 +134,7 @@ SCRIPT = DatasetScript(
                        'Download subset0.zip ... subset9.zip and candidates.csv (the original, not candidates_V2)',
                        'Unzip every subset into RAW/subsetN/'],
                       ['subset*/*.mhd', '**/candidates.csv'], 'CC BY 4.0'),
-    split_files=SplitFiles(GEORGESCU[0], GEORGESCU[1], [f'dataset/split/luna16/{f}' for f in SPLIT_LISTS]),
+    split_files=published(GEORGESCU, [f'dataset/split/luna16/{f}' for f in SPLIT_LISTS]),
     prepare=prepare, add_arguments=add_arguments,
     expected=lambda p: EXPECTED if p.get('split_variant') == 'faithful' and not p.get('limit') else None)
 

@@ -9,16 +9,12 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (MDDPM, MDDPM_ALT, SHIPPED, DatasetScript, main, ManualStep, progress, read_csv, record_split_files,
-                     run, published_split_dir, split_dir_of, SplitFiles, subject_of)  # noqa: E402
+from _common import (MDDPM, DatasetScript, main, ManualStep, need, progress, published, published_split_dir, read_csv,
+                     record_split_files, run, subject_of)  # noqa: E402
 from _pddpm import Chain, add_chain_arguments, pddpm_split, write_subject  # noqa: E402
 from uad_notebooks.prepare import split_subjects  # noqa: E402
 
 PID = r'patient\d{2}'
-
-# SHA-256 of the published lists at MDDPM_ALT, read offline and shipped in data_scripts/splits/mddpm (see its README)
-PINNED = {'Data/splits/MSLUB_val.csv': '31125da6434128c80ae1af875637820f282df72be565a7b441143701eab4c9e9',
-          'Data/splits/MSLUB_test.csv': '10459c4a00b3f227040b0e6c15bf6a8cce588c51382123d6eb6a9581d8f3fa42'}
 
 
 def _pick(paths):
@@ -45,9 +41,10 @@ def prepare(raw_dir, out_dir, args, prov):
         lists = {k: sorted(s for s, v in assign.items() if v == k) for k in ('val', 'test')}
         prov.d['split_variant'] = 'generated'; prov.step('generated split', seed=args.seed, sizes='10/20 of 30')
     else:
-        sd = published_split_dir(args, SCRIPT)
+        sd = published_split_dir(args, SCRIPT)              # the shipped, pinned CSVs installed where missing
+        for k in ('val', 'test'): need(sd / f'MSLUB_{k}.csv')
+        record_split_files(prov, SCRIPT, sd, args.split_variant)   # checked against their pins before they are read
         lists = {k: [subject_of(r['img_name'], PID) for r in read_csv(sd / f'MSLUB_{k}.csv')] for k in ('val', 'test')}
-        record_split_files(prov, SCRIPT, sd, args.split_variant)
         lists = pddpm_split(lists, args.split_variant, prov)
     chain = Chain(prov, args, resample_1mm=True, skull_strip='hd-bet', sri24=args.sri24)
     prov.step('segmentation', source='consensus_gt (pDDPM renames it *_seg)')
@@ -77,9 +74,7 @@ SCRIPT = DatasetScript(
                       ['Open the page, agree to the terms and download the archive',
                        'Unzip it into RAW (files named patientNN_T2W.nii.gz and patientNN_consensus_gt.nii.gz)'],
                       ['**/patient*T2W*.nii.gz', '**/patient*consensus_gt*.nii.gz'], 'research use, cite Lesjak et al.'),
-    split_files=SplitFiles(MDDPM[0], MDDPM[1], ['Data/splits/MSLUB_val.csv', 'Data/splits/MSLUB_test.csv'],
-                           commits={'Data/splits/MSLUB_val.csv': MDDPM_ALT, 'Data/splits/MSLUB_test.csv': MDDPM_ALT},
-                           sha256=PINNED, shipped={p: SHIPPED / 'mddpm' / Path(p).name for p in PINNED}),
+    split_files=published(MDDPM, ['Data/splits/MSLUB_val.csv', 'Data/splits/MSLUB_test.csv']),
     prepare=prepare, add_arguments=add_arguments, unit='volumes',
     expected=lambda p: {('val', 'volumes'): 10, ('test', 'volumes'): 20}
     if p.get('split_variant') == 'faithful' and not p.get('limit') else None)

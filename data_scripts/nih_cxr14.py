@@ -15,8 +15,8 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (DPA, SHIPPED, DatasetScript, main, ManualStep, progress, read_csv, read_lines, record_split_files, run,
-                     published_split_dir, split_dir_of, SplitFiles)  # noqa: E402
+from _common import (DPA, DatasetScript, load_grey8, main, ManualStep, need, progress, published, published_split_dir,
+                     read_csv, read_lines, record_split_files, run)  # noqa: E402
 
 import numpy as np  # noqa: E402
 from uad_notebooks.prepare import center_crop, histogram_equalize, resize2d, save_image  # noqa: E402
@@ -28,18 +28,10 @@ EXPECTED = {'PA': {('train', 0): 34497, ('test', 0): 4805, ('test', 1): 6291},
             'AP': {('train', 0): 16003, ('test', 0): 5056, ('test', 1): 9444},
             'subset': {('train', 0): 4261, ('test', 0): 677, ('test', 1): 667}}
 PATHS = [f'folds/train_test_split/nih/{v}/{l}' for v in ('PA', 'AP', 'subset') for l in LISTS.values()]
-# DPA's two test lists of the "subset", read offline at the pinned commit and shipped in data_scripts/splits/dpa
-PINNED = {'folds/train_test_split/nih/subset/normal/test': 'bfa61b6779b5f5c6a639853d6c8a7fccc596713e15add2668a9bba4bd6ac6d04',
-          'folds/train_test_split/nih/subset/anomaly/test': '59f30d6d9cfeb643c53bdaf294b2e9728af0fe29fdae1d50e5a49eb6e2debedb'}
 
 
 def local_name(view, lst):
     return f'nih_{view}_{lst.replace("/", "_")}.txt'
-
-
-def load_grey(path) -> np.ndarray:
-    from PIL import Image
-    with Image.open(path) as im: return np.asarray(im.convert('L'))
 
 
 def preprocess(img: np.ndarray, size: int, equalize: bool) -> np.ndarray:
@@ -60,12 +52,13 @@ def plan_split(raw_dir, args, prov, entries) -> list:
         if prov.d.get('subset'):
             raise ValueError(f'{raw_dir} holds a subset of NIH ChestX-ray14 (labels.csv): DPA\'s lists name images it '
                              f'lacks; use --split-variant generated')
-        sd = published_split_dir(args, SCRIPT); plan = []
+        sd = published_split_dir(args, SCRIPT); plan = []    # the shipped, pinned lists installed where missing
+        for lst in LISTS.values(): need(sd / local_name(args.view, lst))
+        record_split_files(prov, SCRIPT, sd, args.split_variant,    # checked against their pins before they are read
+                           paths=[f'folds/train_test_split/nih/{args.view}/{lst}' for lst in LISTS.values()])
         for (split, lab), lst in LISTS.items():
             f = sd / local_name(args.view, lst)
             plan += [(split, lab, IMG.search(l).group(0)) for l in read_lines(f) if IMG.search(l)]
-        record_split_files(prov, SCRIPT, sd, args.split_variant,
-                           paths=[f'folds/train_test_split/nih/{args.view}/{lst}' for lst in LISTS.values()])
         return plan
     if args.view == 'subset': raise ValueError('the DPA subset exists only as published lists: use --split-variant faithful')
     if prov.d.get('subset'): return plan_subset(entries, args, prov)
@@ -141,12 +134,13 @@ def prepare(raw_dir, out_dir, args, prov):
     eq = args.view == 'AP' if args.equalize is None else args.equalize
     prov.step('preprocess', chain='grey 8-bit -> resize 300 bilinear -> centre crop 224 -> '
               + ('histogram equalisation -> ' if eq else '') + f'resize {args.img_size}', equalize=eq,
-              note='DPA normalises to [-1, 1] at load time (Normalize(0.5, 0.5))')
+              stored='8-bit grey PNG (8-bit sources as saved, 16-bit ones scaled by 255/65535)',
+              load="x * 2/255 - 1 by load_dataset (intensity contract 'uint8_to_pm1': DPA's ToTensor + Normalize(0.5, 0.5))")
     rows, n = [], defaultdict(int)
     for split, lab, name in progress(plan, 'nih images'):
         if args.limit and n[split, lab] >= args.limit: continue
         n[split, lab] += 1
-        save_image(preprocess(load_grey(files[name]), args.img_size, eq), Path(out_dir) / 'images' / name)
+        save_image(preprocess(load_grey8(files[name]), args.img_size, eq), Path(out_dir) / 'images' / name)
         e = entries.get(name, {})
         rows.append(dict(split=split, subject=e.get('Patient ID', name[:8]), label=lab, image=f'images/{name}',
                          mask='', brain='', findings=e.get('Finding Labels', ''), view=e.get('View Position', '')))
@@ -176,9 +170,7 @@ SCRIPT = DatasetScript(
                        'extract every tar.gz into RAW (it creates RAW/images/*.png)'],
                       ['images*/**/*.png', 'Data_Entry_2017*.csv', 'train_val_list.txt', 'test_list.txt'],
                       'NIH CC public release'),
-    split_files=SplitFiles(DPA[0], DPA[1], PATHS, optional=['folds/train_test_split/nih/subset/normal/train'],
-                           sha256=PINNED, shipped={p: SHIPPED / 'dpa' / local_name('subset', '/'.join(p.split('/')[-2:]))
-                                                   for p in PINNED}),
+    split_files=published(DPA, PATHS),
     prepare=prepare, add_arguments=add_arguments, alt_layout=lambda raw: (Path(raw) / 'labels.csv').exists(),
     expected=lambda p: EXPECTED.get(p.get('view', 'PA')) if (p.get('split_variant') == 'faithful' and not p.get('limit'))
                                                           or p.get('_subset') else None)

@@ -13,13 +13,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import DatasetScript, main, ManualStep, progress, read_csv, run  # noqa: E402
 
 import numpy as np  # noqa: E402
-from uad_notebooks.prepare import resize2d, save_image, split_subjects, to_uint8  # noqa: E402
+from uad_notebooks.prepare import resize2d, save_image, split_subjects  # noqa: E402
 
 
 def read_dicom(path) -> np.ndarray:
-    "Pixel array of a DICOM file (the lead's `uad_notebooks.data.read_dicom`: slope/intercept, MONOCHROME1)."
+    "Pixel array of a DICOM file (`uad_notebooks.data.read_dicom`: slope/intercept, MONOCHROME1)."
     from uad_notebooks.data import read_dicom as rd
     return rd(path)
+
+
+def dicom_uint8(img: np.ndarray, path, size: int) -> np.ndarray:
+    """The 8-bit pixel values of an RSNA DICOM (8-bit MONOCHROME2), resized (bilinear) and rounded: the values as
+    stored, nothing per image. Pixel data outside 0..255 is not what RSNA ships: a clear error."""
+    if img.min() < 0 or img.max() > 255:
+        raise ValueError(f'{path}: pixel values {img.min():g}..{img.max():g} are not 8-bit (RSNA ships 8-bit '
+                         f'MONOCHROME2 DICOMs, values 0..255)')
+    return resize2d(img, size, 1).clip(0, 255).round().astype(np.uint8)
 
 
 def prepare(raw_dir, out_dir, args, prov):
@@ -47,7 +56,9 @@ def prepare(raw_dir, out_dir, args, prov):
     prov.d['split_variant'] = 'generated'
     prov.step('split', kind='patient level (one image per patientId), seeded', seed=args.seed, fractions=fr,
               note='MemMC-MAE does not publish its RSNA split (spec B.5: unknown); train holds normals only')
-    prov.step('read DICOM', tool='pydicom via uad_notebooks.data.read_dicom')
+    prov.step('read DICOM', tool='pydicom via uad_notebooks.data.read_dicom',
+              stored='the 8-bit DICOM pixel values (0..255), resized and rounded, as 8-bit PNG; no per-image scaling',
+              load="x / 255 by load_dataset (intensity contract 'uint8_to_unit', our choice)")
     prov.step('resize', size=args.img_size, order=1, boxes='scaled with the image')
     rows, n = [], defaultdict(int)
     for p in progress(ids, 'rsna images'):
@@ -57,7 +68,7 @@ def prepare(raw_dir, out_dir, args, prov):
         img = read_dicom(dcm[p]); h, w = img.shape[:2]
         mask = np.zeros((h, w), np.uint8)
         for x, y, bw, bh in boxes.get(p, []): mask[int(y):int(np.ceil(y + bh)), int(x):int(np.ceil(x + bw))] = 255
-        img = to_uint8(resize2d(img, args.img_size, 1)); mask = resize2d(mask, args.img_size, 0)
+        img = dicom_uint8(img, dcm[p], args.img_size); mask = resize2d(mask, args.img_size, 0)
         save_image(img, Path(out_dir) / 'images' / f'{p}.png'); save_image(mask, Path(out_dir) / 'masks' / f'{p}.png')
         rows.append(dict(split=split, subject=p, label=label, image=f'images/{p}.png',
                          mask=f'masks/{p}.png' if label else '', brain='', rsna_class=cls[p]))

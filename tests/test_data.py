@@ -1,5 +1,5 @@
 """Data loaders on small files written in the real formats, and the clear errors bad inputs get."""
-import csv
+import csv, json
 
 import nibabel as nib
 import numpy as np
@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from uad_notebooks.data import (ArrayDataset, DataError, check_test_set, list_datasets, load_dataset, manifest_hash,
-                                read_array, split_by_subject)
+from uad_notebooks.data import (ArrayDataset, DataError, check_test_set, intensity_record, list_datasets, load_dataset,
+                                manifest_hash, read_array, split_by_subject)
 
 
 def _nifti_folder(d, n=5, shape=(24, 24, 8)):
@@ -119,8 +119,35 @@ def test_manifest_colour_images_and_healthy_ground_truth(tmp_path):
     Image.fromarray(rgb).save(tmp_path / "a.png"); Image.fromarray(rgb).save(tmp_path / "b.png")
     m = np.zeros((10, 12), np.uint8); m[2:5, 2:5] = 255; Image.fromarray(m).save(tmp_path / "b_mask.png")
     (tmp_path / "manifest.csv").write_text("split,subject,label,image,mask,brain\ntest,p1,0,a.png,,\ntest,p2,1,b.png,b_mask.png,\n")
+    (tmp_path / "provenance.json").write_text(json.dumps(dict(intensity=intensity_record("hyper_kvasir"))))
     te = load_dataset("hyper_kvasir", "test", data_dir=tmp_path, img_size=8, in_chans=3)
     assert te.images.shape == (2, 3, 8, 8) and te.masks.shape == (2, 1, 8, 8)
     assert te.has_mask.tolist() == [True, True] and float(te.masks[0].sum()) == 0 and float(te.masks[1].sum()) > 0
     grey = load_dataset("hyper_kvasir", "test", data_dir=tmp_path, img_size=8)
     assert grey.images.shape == (2, 1, 8, 8)
+
+
+def test_manifest_intensity_contract_is_applied_per_channel_and_required(tmp_path):
+    """normalize='auto' applies the recorded x * scale + offset to every image and channel alike (DPA's [-1, 1] for an
+    RGB patch: no joint min-max across channels); a folder without the record is a DataError saying what to do, and
+    an explicit normalize= is applied and recorded as not the contract."""
+    rgb = np.zeros((4, 4, 3), np.uint8); rgb[..., 0] = 255; rgb[..., 1] = 51; rgb[:2, :, 2] = 102
+    Image.fromarray(rgb).save(tmp_path / "p.png")
+    (tmp_path / "manifest.csv").write_text("split,subject,label,image,mask,brain\ntest,s,0,p.png,,\ntest,t,1,p.png,,\n")
+    with pytest.raises(DataError, match="provenance.json not found.*normalize="):
+        load_dataset("camelyon16", "test", data_dir=tmp_path, in_chans=3)
+    (tmp_path / "provenance.json").write_text(json.dumps(dict(dataset="camelyon16", steps=[])))
+    with pytest.raises(DataError, match=r"records no 'intensity'.*camelyon16\.py prepare"):
+        load_dataset("camelyon16", "test", data_dir=tmp_path, in_chans=3)
+    (tmp_path / "provenance.json").write_text(json.dumps(dict(intensity=intensity_record("camelyon16"))))
+    te = load_dataset("camelyon16", "test", data_dir=tmp_path, img_size=4, in_chans=3)
+    want = torch.from_numpy(rgb.transpose(2, 0, 1).astype(np.float64) * 2 / 255 - 1).float()
+    assert torch.allclose(te.images[0], want, atol=1e-6) and te.intensity["contract_applied"]
+    assert te.intensity["name"] == "uint8_to_pm1" and "ninatu/anomaly_detection" in te.intensity["source"]
+    grey = load_dataset("camelyon16", "test", data_dir=tmp_path, img_size=4)            # luminance, same map
+    assert float(grey.images.min()) >= -1 and float(grey.images.max()) <= 1
+    none = load_dataset("camelyon16", "test", data_dir=tmp_path, img_size=4, in_chans=3, normalize=None)
+    assert torch.equal(none.images[0], torch.from_numpy(rgb.transpose(2, 0, 1).astype(np.float32)))
+    assert not none.intensity["contract_applied"] and "was not applied" in none.intensity["applied"]
+    with pytest.raises(DataError, match="2 values for 3 channel"):
+        load_dataset("camelyon16", "test", data_dir=tmp_path, in_chans=3, normalize=dict(scale=[1, 2], offset=0))

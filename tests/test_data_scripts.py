@@ -92,13 +92,15 @@ def test_brats2020(tmp_path, capsys):
     pytest.importorskip('h5py')
     raw, out = tmp_path / 'raw', tmp_path / 'out'; fab_brats2020(raw)
     assert run('brats2020', 'download', '--raw-dir', raw, '--no-splits') == 0    # files placed: manual step satisfied
-    rows, prov = prepare_and_check('brats2020', raw, out)
+    with pytest.raises(ValueError, match='pinned in this repository.*--own-splits'):   # fabricated lists are not Georgescu's
+        run('brats2020', 'prepare', '--raw-dir', raw, '--out-dir', out)
+    rows, prov = prepare_and_check('brats2020', raw, out, '--own-splits')
     counts = {(r['split'], r['label']) for r in rows}
     assert counts == {('train', '0'), ('val', '0'), ('val', '1'), ('test', '0'), ('test', '1')}
     assert sum(r['split'] == 'train' for r in rows) == 8 and sum(r['label'] == '1' for r in rows) == 4
-    assert prov['split_variant'] == 'faithful' and len(prov['split_files']) == 5
+    assert prov['split_variant'] == 'faithful' and len(prov['split_files']) == 5 and prov['split_files_own']
     assert all(len(v['sha256']) == 64 and v['url'].startswith('https://raw.githubusercontent.com/lilygeorgescu/')
-               for v in prov['split_files'].values())
+               and v['check'].startswith('own list') and len(v['pinned']) == 64 for v in prov['split_files'].values())
     assert np.load(out / rows[0]['image']).shape == (16, 16)
     # against the spec's counts the tiny copy must fail the check, with a clear message
     capsys.readouterr()
@@ -136,7 +138,7 @@ def test_ixi_faithful_and_clean(tmp_path):
         pddpm_csv(sp / f'IXI_val_fold{k}.csv', [t1(ids[2])], '/Train/ixi/t1')
     pddpm_csv(sp / 'IXI_test.csv', [t1(ids[3]), t1(ids[4]), t1(ids[5])], '/Train/ixi/t1')
     write_csv(sp / 'avail_t2.csv', ['', 'img_name'], [[i, f'{s}-T2.nii.gz'] for i, s in enumerate(ids)])
-    rows, prov = prepare_and_check('ixi', raw, tmp_path / 'faithful', *CHAIN)
+    rows, prov = prepare_and_check('ixi', raw, tmp_path / 'faithful', *CHAIN, '--own-splits')
     vols = lambda rows, sp: sum(r['split'] == sp and r['slice'] == '0' for r in rows)
     assert (vols(rows, 'train'), vols(rows, 'val'), vols(rows, 'test')) == (4, 1, 3)
     assert len(rows) == 8 * 8                                         # 16 slices at 1 mm -> 8 at 2 mm
@@ -145,7 +147,7 @@ def test_ixi_faithful_and_clean(tmp_path):
     import nibabel as nib
     v = np.asarray(nib.load(str(tmp_path / 'faithful' / rows[0]['image'])).dataobj)
     assert v.shape == (12, 12, 8) and v.min() >= 0 and v.max() <= 1
-    rows, prov = prepare_and_check('ixi', raw, tmp_path / 'clean', *CHAIN, '--split-variant', 'clean')
+    rows, prov = prepare_and_check('ixi', raw, tmp_path / 'clean', *CHAIN, '--split-variant', 'clean', '--own-splits')
     assert (vols(rows, 'train'), vols(rows, 'test')) == (2, 3)       # duplicate and the test subject removed
     assert prov['split_variant'] == 'clean'
 
@@ -161,7 +163,7 @@ def test_brats2021(tmp_path):
         nifti(d / f'{s}_seg.nii.gz', seg * 2)
     pddpm_csv(sp / 'Brats21_val.csv', [f'{ids[0]}_t1.nii.gz'], '/Test/Brats21/t1')
     pddpm_csv(sp / 'Brats21_test.csv', [f'{s}_t1.nii.gz' for s in ids[1:]], '/Test/Brats21/t1')
-    rows, prov = prepare_and_check('brats2021', raw, tmp_path / 'out', *CHAIN)
+    rows, prov = prepare_and_check('brats2021', raw, tmp_path / 'out', *CHAIN, '--own-splits')
     assert {r['split'] for r in rows} == {'val', 'test'}
     assert {r['label'] for r in rows} == {'0', '1'} and all(r['mask'] for r in rows)
     lab = [int(r['label']) for r in rows if r['subject'] == ids[1]]
@@ -190,22 +192,75 @@ def test_mslub(tmp_path):
         run('mslub', 'prepare', '--raw-dir', raw, '--out-dir', tmp_path / 'out2', *CHAIN)
 
 
+NAMES = ['brats2020', 'brats2021', 'ixi', 'mslub', 'luna16', 'rsna_pneumonia', 'hyper_kvasir', 'covid_cxr', 'nih_cxr14',
+         'camelyon16']
+
+
 def test_shipped_split_files_match_their_pins():
-    """The shipped copies hash to the pins the scripts carry, and hold the counts of the specs (B.7, A.8)."""
-    mslub, nih = script("mslub"), script("nih_cxr14")
-    for spec in (mslub.SCRIPT.split_files, nih.SCRIPT.split_files):
-        assert spec.shipped and set(spec.shipped) == set(spec.sha256)
-        for p, f in spec.shipped.items():
-            assert hashlib.sha256(Path(f).read_bytes()).hexdigest() == spec.sha256[p], f
-            assert b'\r' not in Path(f).read_bytes()
-    rows = {k: list(csv.DictReader(open(mslub.SCRIPT.split_files.shipped[f'Data/splits/MSLUB_{k}.csv'])))
-            for k in ('val', 'test')}
-    assert (len(rows['val']), len(rows['test'])) == (10, 20)
-    ids = [r['img_name'] for v in rows.values() for r in v]
-    assert sorted(ids) == [f'patient{i:02d}' for i in range(1, 31)]                 # 30 patients, each once
-    lists = {p.split('/')[-2]: Path(f).read_text().split() for p, f in nih.SCRIPT.split_files.shipped.items()}
-    assert (len(lists['normal']), len(lists['anomaly'])) == (677, 667)
-    assert not set(lists['normal']) & set(lists['anomaly'])
+    """Every split file a script uses is pinned (SHA-256 and commit in splits/pins.csv, nothing trusted on first use);
+    every shipped copy (plain or .gz) decompresses to exactly the pinned bytes (size, SHA-256 and git blob id), and no
+    other file sits in splits/; the lists hold the counts the scripts expect from the specs (A.8, A.12, B.7)."""
+    from _common import PINS, SHIPPED, shipped_bytes
+    scripts = {n: script(n) for n in NAMES}
+    used = {(s.SCRIPT.split_files.repo, p) for s in scripts.values() if s.SCRIPT.split_files for p in s.SCRIPT.split_files.paths}
+    assert used <= set(PINS) and len(used) == 39
+    for n, s in scripts.items():
+        spec = s.SCRIPT.split_files
+        if spec is None: continue
+        assert set(spec.sha256) == set(spec.paths) == set(spec.shipped), n       # all pinned, all shipped
+        assert all(PINS[spec.repo, p]['used_by'] == n for p in spec.paths), n
+    files = {f.relative_to(SHIPPED).as_posix() for f in SHIPPED.rglob('*') if f.is_file()} - {'README.md', 'pins.csv'}
+    assert files == {r['shipped'] for r in PINS.values() if r['shipped']}
+    total = 0
+    for (repo, path), r in PINS.items():
+        assert re.fullmatch(r'[0-9a-f]{40}', r['commit']) and re.fullmatch(r'[0-9a-f]{64}', r['sha256'])
+        if not r['shipped']: continue
+        data = shipped_bytes(SHIPPED / r['shipped']); total += (SHIPPED / r['shipped']).stat().st_size
+        assert len(data) == int(r['bytes']) and hashlib.sha256(data).hexdigest() == r['sha256'], path
+        assert hashlib.sha1(b'blob %d\0' % len(data) + data).hexdigest() == r['git_blob'], path
+        assert b'\r' not in data
+    assert total < 1_000_000                                                     # small enough to ship
+    text = lambda repo, path: shipped_bytes(SHIPPED / PINS[repo, path]['shipped']).decode()
+    lines = lambda repo, path: [l for l in text(repo, path).splitlines() if l.strip()]
+    rows = lambda path: list(csv.DictReader(text('hasan1292/mDDPM', path).splitlines()))
+    for n in ('brats2020', 'luna16'):                                            # Georgescu's lists vs the spec counts
+        g = scripts[n]
+        got = {lab: len(lines(g.GEORGESCU[0], f'dataset/split/{"brats" if n == "brats2020" else n}/{f}'))
+               for f, lab in g.SPLIT_LISTS.items()}
+        assert got == g.EXPECTED, n
+    nih = scripts['nih_cxr14']
+    for view in ('PA', 'AP', 'subset'):
+        got = {k: len(lines(nih.DPA[0], f'folds/train_test_split/nih/{view}/{l}')) for k, l in nih.LISTS.items()}
+        assert got == nih.EXPECTED[view], view
+    subset = {l: set(lines(nih.DPA[0], f'folds/train_test_split/nih/subset/{l}/test')) for l in ('normal', 'anomaly')}
+    assert not subset['normal'] & subset['anomaly']
+    cam = scripts['camelyon16']
+    assert {v: len(lines(cam.DPA[0], f'folds/train_test_split/camelyon16/healthy/{l}')) for l, v in cam.LISTS.items()} \
+        == cam.EXPECTED
+    ixi = scripts['ixi']
+    t2 = {ixi.subject_of(v, ixi.IXI_ID) for r in rows('Data/splits/avail_t2.csv') for v in r.values() if 'IXI' in v}
+    n_t2 = lambda path: sum(ixi.subject_of(r['img_name'], ixi.IXI_ID) in t2 for r in rows(path))
+    for k, (tr, va) in ixi.EXPECTED.items():                                     # after pDDPM's T2 filter
+        assert (n_t2(f'Data/splits/IXI_train_fold{k}.csv'), n_t2(f'Data/splits/IXI_val_fold{k}.csv')) == (tr, va), k
+    assert n_t2('Data/splits/IXI_test.csv') == 158
+    assert (len(rows('Data/splits/Brats21_val.csv')), len(rows('Data/splits/Brats21_test.csv'))) == (100, 1151)
+    ms = {k: rows(f'Data/splits/MSLUB_{k}.csv') for k in ('val', 'test')}
+    assert (len(ms['val']), len(ms['test'])) == (10, 20)
+    assert sorted(r['img_name'] for v in ms.values() for r in v) == [f'patient{i:02d}' for i in range(1, 31)]
+
+
+def test_offline_download_installs_the_pinned_lists(tmp_path, capsys):
+    """`download --offline` puts every published list of a script into RAW/splits from the shipped copies (gzip ones
+    decompressed), each equal to its pin; a second run finds them in place."""
+    for n in ('brats2020', 'nih_cxr14', 'brats2021'):            # manual data (no automatic download to try)
+        spec = script(n).SCRIPT.split_files
+        raw = tmp_path / n
+        run(n, 'download', '--raw-dir', raw, '--offline')                 # manual data absent: rc 2, splits installed
+        for p in spec.paths:
+            assert hashlib.sha256(spec.local(raw / 'splits', p).read_bytes()).hexdigest() == spec.sha256[p], (n, p)
+        assert json.loads((raw / 'splits' / 'split_hashes.json').read_text())['sha256'] == spec.sha256
+    capsys.readouterr(); run('brats2021', 'download', '--raw-dir', tmp_path / 'brats2021', '--offline')
+    assert 'present, matches the pin (pinned; upstream not contacted)' in capsys.readouterr().out
 
 
 def test_manual_step_printed_when_files_missing(tmp_path, capsys):
@@ -244,10 +299,11 @@ def test_ants_registration_brings_a_moved_template_back(tmp_path):
 
 
 def test_missing_split_files_is_a_clear_error(tmp_path):
+    """The published lists are shipped (installed offline); own lists (--own-splits) that are not there are a clear error."""
     raw = tmp_path / 'raw'
     nifti(raw / 'IXI002-Guys-0828-T2.nii.gz', head((12, 12, 8))[0])
     with pytest.raises(FileNotFoundError, match='IXI_train_fold0.csv'):
-        run('ixi', 'prepare', '--raw-dir', raw, '--out-dir', tmp_path / 'o')
+        run('ixi', 'prepare', '--raw-dir', raw, '--out-dir', tmp_path / 'o', '--own-splits')
 
 
 # --------------------------------------------------------------------------------------------------- LUNA16
@@ -281,7 +337,7 @@ def test_luna16(tmp_path):
     # rows: scan k holds candidate rows 4k (class 1) and 4k+1..4k+3 (class 0)
     w('normal_training_samples.txt', [1, 2, 5, 6]); w('normal_val_samples.txt', [3]); w('abnormal_val_samples.txt', [0])
     w('normal_test_samples.txt', [9, 10, 7]); w('abnormal_test_samples.txt', [4, 8])
-    rows, prov = prepare_and_check('luna16', raw, tmp_path / 'out', '--crop-size', 16)
+    rows, prov = prepare_and_check('luna16', raw, tmp_path / 'out', '--crop-size', 16, '--own-splits')
     assert len(rows) == 11 and sum(r['label'] == '1' for r in rows) == 3
     step = next(s for s in prov['steps'] if s['name'] == 'row convention'); assert step['offset'] == 0
     a = np.load(tmp_path / 'out' / 'images' / '4.npy')
@@ -289,7 +345,8 @@ def test_luna16(tmp_path):
     # scan 1 has candidates in train (5, 6) and test (4, 7): the faithful split warns, the clean one drops them
     rep = json.loads(json.dumps(__import__('uad_notebooks.prepare', fromlist=['x']).check_prepared(tmp_path / 'out')))
     assert rep['warnings'] and not rep['errors']
-    rows, _ = prepare_and_check('luna16', raw, tmp_path / 'clean', '--crop-size', 16, '--split-variant', 'clean')
+    rows, _ = prepare_and_check('luna16', raw, tmp_path / 'clean', '--crop-size', 16, '--split-variant', 'clean',
+                                '--own-splits')
     scans = {}
     for r in rows: scans.setdefault(r['subject'], set()).add(r['split'])
     assert all(len(v) == 1 for v in scans.values())
@@ -396,7 +453,7 @@ def test_nih_cxr14(tmp_path):
     (sp / 'nih_PA_normal_train.txt').write_text(''.join(f'{e[0]}\n' for e in pa if e[0] in train and e[1] == 'No Finding'))
     (sp / 'nih_PA_normal_test.txt').write_text(''.join(f'{e[0]}\n' for e in pa if e[0] in test and e[1] == 'No Finding'))
     (sp / 'nih_PA_anomaly_test.txt').write_text(''.join(f'{e[0]}\n' for e in pa if e[0] in test and e[1] != 'No Finding'))
-    rows, prov = prepare_and_check('nih_cxr14', raw, tmp_path / 'pa', '--view', 'PA')
+    rows, prov = prepare_and_check('nih_cxr14', raw, tmp_path / 'pa', '--view', 'PA', '--own-splits')
     listed = sum(len((sp / f).read_text().split()) for f in ('nih_PA_normal_train.txt', 'nih_PA_normal_test.txt', 'nih_PA_anomaly_test.txt'))
     assert len(rows) == listed and prov['split_variant'] == 'faithful' and len(prov['split_files']) == 3
     assert not any(r['findings'] != 'No Finding' for r in rows if r['split'] == 'train')
@@ -498,7 +555,7 @@ def test_camelyon16(tmp_path):
     (sp / 'camelyon16_anomaly_train.txt').write_text('tumor_001_tumor_x_72_y_72_w_768_h_768.jpg\n')
     (sp / 'camelyon16_anomaly_test.txt').write_text('test_001_tumor_x_96_y_48_w_768_h_768.jpg\n')
     (sp / 'camelyon16_normal_test.txt').write_text('test_002_normal_x_60_y_60_w_768_h_768.jpg\ntest_002_normal_x_84_y_84_w_768_h_768.jpg\n')
-    rows, prov = prepare_and_check('camelyon16', raw, tmp_path / 'faithful', *args)
+    rows, prov = prepare_and_check('camelyon16', raw, tmp_path / 'faithful', *args, '--own-splits')
     assert [r['image'] for r in rows if r['split'] == 'val'] == ['images/tumor_001_tumor_x_72_y_72_w_24_h_24.png']
     assert sum(r['split'] == 'test' for r in rows) == 3 and sum(r['split'] == 'train' for r in rows) == 10
 
@@ -693,11 +750,10 @@ def test_camelyon16_vahadane_is_the_default_with_a_reference(tmp_path):
 
 
 def test_every_script_has_help():
-    names = ['brats2020', 'brats2021', 'ixi', 'mslub', 'luna16', 'rsna_pneumonia', 'hyper_kvasir', 'covid_cxr',
-             'nih_cxr14', 'camelyon16']
-    for n in names:
+    from uad_notebooks.data import INTENSITY
+    for n in NAMES:
         s = script(n).SCRIPT
-        assert s.name == n and s.licence and s.citation and s.disk
+        assert s.name == n and s.licence and s.citation and s.disk and n in INTENSITY
         assert s.resources or s.manual, f'{n}: neither an automated download nor a manual step'
     r = subprocess.run([sys.executable, str(SCRIPTS / 'ixi.py'), 'prepare', '--help'], capture_output=True, text=True)
     assert r.returncode == 0 and '--split-variant' in r.stdout and '--crop-shape' in r.stdout
@@ -743,7 +799,7 @@ def test_pddpm_chain_on_mni152(tmp_path):
     pddpm_csv(sp / 'IXI_test.csv', [f'{s}_t1.nii.gz'], '/Train/ixi/t1')
     # the default chain (192x192x100 at 1 mm, 2 mm out), N4 fitted on a 3x shrunk volume: on this 60 % brain that
     # keeps about as many voxels per axis (29-36) as the default 4x does on an adult brain (36-45)
-    rows, prov = prepare_and_check('ixi', raw, tmp_path / 'out', '--n4-shrink', 3)
+    rows, prov = prepare_and_check('ixi', raw, tmp_path / 'out', '--n4-shrink', 3, '--own-splits')
     assert {r['split'] for r in rows} == {'test'} and len(rows) == 50
     assert any('no T2 file' in n for n in prov['notes'])
     img = np.asarray(nib.load(str(tmp_path / 'out' / rows[0]['image'])).dataobj)
@@ -797,3 +853,234 @@ def test_pddpm_chain_rejects_mask_or_seg_of_another_shape(tmp_path):
     with pytest.raises(ValueError, match=r'seg\.nii\.gz: shape \(20, 20, 10\) differs from image'):
         chain(raw / s / 'raw' / f'{s}_T2W.nii.gz', tmp_path / 'seg.nii.gz')
     assert chain(raw / s / 'raw' / f'{s}_T2W.nii.gz', raw / s / f'{s}_consensus_gt.nii.gz')[2].sum() > 0
+
+
+# ------------------------------------------------------------------------- the intensity contract, per dataset
+# A fabricated raw file with known values goes through `prepare` and `load_dataset` (default normalize='auto'); the
+# loaded values must be the official formula of each paper's code applied to the stored values, with nothing computed
+# per image (the formulas are written out here, not read from the package's table).
+def contract_of(name, out, ds):
+    "The recorded contract: in provenance.json, equal to the package's table, and applied by the loader."
+    from uad_notebooks.data import INTENSITY
+    prov = json.loads((Path(out) / 'provenance.json').read_text())
+    assert prov['intensity'] == INTENSITY[name] and ds.intensity['contract_applied']
+    assert {k: ds.intensity[k] for k in INTENSITY[name]} == INTENSITY[name] and ds.intensity['applied']
+    return prov['intensity']['name']
+
+
+def test_intensity_brats2020_loads_the_stored_values_unchanged(tmp_path):
+    """Georgescu reads channel 0 of the Kaggle arrays as they are (mean 0, std 1): values outside [0, 1] and an almost
+    empty slice load unchanged (a per-slice min-max would stretch both)."""
+    h5py = pytest.importorskip('h5py')
+    raw, out = tmp_path / 'raw', tmp_path / 'out'; fab_brats2020(raw)
+    d = raw / 'BraTS2020_training_data' / 'content' / 'data'
+    with h5py.File(d / 'volume_4_slice_0.h5', 'r+') as f:                         # a near-empty top slice of the test volume
+        img = np.zeros((16, 16, 4)); img[7:9, 7:9, 0] = 0.03; img[..., 1] = 5.0; del f['image']; f['image'] = img
+    assert run('brats2020', 'prepare', '--raw-dir', raw, '--out-dir', out, '--own-splits') == 0
+    from uad_notebooks.data import load_dataset
+    ds = load_dataset('brats2020', 'test', data_dir=out, img_size=16)
+    rows = [r for r in csv.DictReader(open(out / 'manifest.csv')) if r['split'] == 'test']
+    for i, r in enumerate(rows):
+        v, s = map(int, re.search(r'volume_(\d+)_slice_(\d+)', r['image']).groups())
+        with h5py.File(d / f'volume_{v}_slice_{s}.h5', 'r') as f: want = np.asarray(f['image'])[..., 0].astype(np.float32)
+        assert np.array_equal(ds.images[i, 0].numpy(), want), r['image']           # x, channel 0, unchanged
+    assert float(ds.images.min()) < -1 and float(ds.images.max()) > 1                # not squeezed into [0, 1]
+    empty = next(i for i, r in enumerate(rows) if r['image'].endswith('volume_4_slice_0.npy'))
+    assert float(ds.images[empty].max()) == pytest.approx(0.03)                       # not stretched to 1
+    assert contract_of('brats2020', out, ds) == 'as_stored'
+
+
+def test_intensity_luna16_loads_hu_over_100_whatever_the_crop_holds(tmp_path):
+    """A 40 HU nodule loads as 0.4 (Georgescu's HU / 100) in a crop of air and in a crop with bone beside it."""
+    raw, uid = tmp_path / 'raw', '1.3.6.1.4.1.14519.5.2.1.6279.6001.{}'
+    cands = []
+    for k, other in enumerate((-1000, 1500)):                         # scan 1 has a 1500 HU 'bone' block in the crop
+        vol = np.full((6, 32, 32), -1000, np.int16); vol[2:4, 14:18, 14:18] = 40; vol[2:4, 2:8, 2:8] = other
+        write_mhd(raw / f'subset{k}' / f'{uid.format(k)}.mhd', vol, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+        cands += [[uid.format(k), 16.0, 16.0, 2.0, 1], [uid.format(k), 24.0, 24.0, 3.0, 0]]
+    write_csv(raw / 'candidates.csv', ['seriesuid', 'coordX', 'coordY', 'coordZ', 'class'], cands)
+    sp = raw / 'splits'; sp.mkdir()
+    for f, rows in {'normal_training_samples.txt': [1], 'normal_val_samples.txt': [3], 'abnormal_val_samples.txt': [0],
+                    'normal_test_samples.txt': [3], 'abnormal_test_samples.txt': [0, 2]}.items():
+        (sp / f).write_text(''.join(f'{r}.npy\n' for r in rows))
+    out = tmp_path / 'out'
+    assert run('luna16', 'prepare', '--raw-dir', raw, '--out-dir', out, '--crop-size', 24, '--own-splits') == 0
+    from uad_notebooks.data import load_dataset
+    ds = load_dataset('luna16', 'test', data_dir=out, img_size=24)
+    rows = [r for r in csv.DictReader(open(out / 'manifest.csv')) if r['split'] == 'test']
+    stored = [np.load(out / r['image']) for r in rows]
+    for i, a in enumerate(stored): assert np.allclose(ds.images[i, 0].numpy(), a / 100, atol=1e-6)
+    nodules = [i for i, r in enumerate(rows) if r['label'] == '1']
+    assert [float(stored[i][12, 12]) for i in nodules] == [40.0, 40.0]                      # HU as stored ...
+    assert sorted(float(stored[i].max()) for i in nodules) == [40.0, 1500.0]                # ... beside air, beside bone
+    assert [float(ds.images[i, 0, 12, 12]) for i in nodules] == pytest.approx([0.4, 0.4])   # the same value loaded
+    assert contract_of('luna16', out, ds) == 'hu_div_100'
+
+
+def test_intensity_nih_cxr14_loads_uint8_as_minus_one_to_one(tmp_path):
+    """DPA: 8-bit grey PNGs are kept as 8-bit values by prepare and load as ToTensor + Normalize(0.5, 0.5) = x*2/255-1."""
+    from PIL import Image
+    raw = tmp_path / 'raw'; (raw / 'images').mkdir(parents=True)
+    entries = []
+    for i in range(4):
+        name = f'{i:08d}_000.png'
+        a = np.full((320, 320), 60, np.uint8); a[:, 160:] = 200 - 20 * i
+        Image.fromarray(a).save(raw / 'images' / name)
+        entries.append([name, 'No Finding' if i % 2 else 'Effusion', 0, i, 50, 'M', 'PA', 320, 320, 0.14, 0.14])
+    write_csv(raw / 'Data_Entry_2017.csv', ['Image Index', 'Finding Labels', 'Follow-up #', 'Patient ID', 'Patient Age',
+              'Patient Gender', 'View Position', 'OriginalImage[Width', 'Height]', 'OriginalImagePixelSpacing[x', 'y]'], entries)
+    (raw / 'train_val_list.txt').write_text(''); (raw / 'test_list.txt').write_text(''.join(e[0] + '\n' for e in entries))
+    out = tmp_path / 'out'
+    assert run('nih_cxr14', 'prepare', '--raw-dir', raw, '--out-dir', out, '--split-variant', 'generated') == 0
+    from uad_notebooks.data import load_dataset
+    ds = load_dataset('nih_cxr14', 'test', data_dir=out, img_size=64)
+    rows = [r for r in csv.DictReader(open(out / 'manifest.csv')) if r['split'] == 'test']
+    for i, r in enumerate(rows):
+        x = np.asarray(Image.open(out / r['image'])).astype(np.float64)
+        assert x[:, 0].tolist() == [60.0] * 64 and x.max() == 200 - 20 * int(Path(r['image']).name[:8])    # 8-bit values as saved
+        assert np.allclose(ds.images[i, 0].numpy(), x * 2 / 255 - 1, atol=1e-6)
+    assert float(ds.images.min()) == pytest.approx(60 * 2 / 255 - 1)
+    assert contract_of('nih_cxr14', out, ds) == 'uint8_to_pm1'
+
+
+def test_intensity_camelyon16_keeps_colour_and_maps_each_channel(tmp_path):
+    """DPA's Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)) per RGB channel: a pink tissue pixel (220, 140, 200) loads as
+    (220, 140, 200) * 2/255 - 1 with in_chans=3 (a joint min-max over the patch would not)."""
+    raw, box = tmp_path / 'raw', (48, 144, 48, 144)
+    for n in ('normal_001', 'normal_002'): wsi(raw / 'training' / 'normal' / f'{n}.tif')
+    wsi(raw / 'training' / 'tumor' / 'tumor_001.tif', box); asap_xml(raw / 'training' / 'lesion_annotations' / 'tumor_001.xml', box)
+    wsi(raw / 'testing' / 'images' / 'test_001.tif', box); wsi(raw / 'testing' / 'images' / 'test_002.tif')
+    (raw / 'testing' / 'reference.csv').write_text('test_001,Tumor\ntest_002,Normal\n')
+    out = tmp_path / 'out'
+    assert run('camelyon16', 'prepare', '--raw-dir', raw, '--out-dir', out, '--patch-size', 16, '--out-size', 16,
+               '--per-slide', 2, '--split-variant', 'generated', '--stain-norm', 'none') == 0
+    from PIL import Image
+    from uad_notebooks.data import load_dataset
+    ds = load_dataset('camelyon16', 'test', data_dir=out, img_size=16, in_chans=3)
+    rows = [r for r in csv.DictReader(open(out / 'manifest.csv')) if r['split'] == 'test']
+    assert ds.images.shape[1] == 3
+    for i, r in enumerate(rows):
+        x = np.asarray(Image.open(out / r['image']).convert('RGB')).astype(np.float64).transpose(2, 0, 1)
+        assert np.allclose(ds.images[i].numpy(), x * 2 / 255 - 1, atol=1e-6)
+    normal = next(i for i, r in enumerate(rows) if r['label'] == '0')
+    assert np.allclose(ds.images[normal, :, 8, 8].numpy(), np.array([220, 140, 200]) * 2 / 255 - 1, atol=1e-6)
+    assert contract_of('camelyon16', out, ds) == 'uint8_to_pm1'
+
+
+def test_intensity_hyper_kvasir_keeps_colour_and_divides_by_255(tmp_path):
+    """Our choice for MemMC-MAE's data (the paper states none): 8-bit RGB stored as saved, loaded per channel as x / 255;
+    a flat orange frame stays orange (a per-image min-max would make it black)."""
+    raw = tmp_path / 'raw'; L = raw / 'labeled-images'
+    for i in range(6):
+        jpeg(L / 'lower-gi-tract' / 'anatomical-landmarks' / 'cecum' / f'n{i:04d}.jpg', np.full((24, 24, 3), (200, 100, 50)))
+    for i in range(3):
+        jpeg(L / 'lower-gi-tract' / 'pathological-findings' / 'polyps' / f'p{i:04d}.jpg', np.full((24, 24, 3), (90, 40, 160)))
+    out = tmp_path / 'out'
+    assert run('hyper_kvasir', 'prepare', '--raw-dir', raw, '--out-dir', out, '--img-size', 24) == 0
+    from PIL import Image
+    from uad_notebooks.data import load_dataset
+    ds = load_dataset('hyper_kvasir', 'test', data_dir=out, img_size=24, in_chans=3)
+    rows = [r for r in csv.DictReader(open(out / 'manifest.csv')) if r['split'] == 'test']
+    for i, r in enumerate(rows):
+        x = np.asarray(Image.open(out / r['image'])).astype(np.float64).transpose(2, 0, 1)
+        assert np.allclose(ds.images[i].numpy(), x / 255, atol=1e-6)
+        want = (200, 100, 50) if r['label'] == '0' else (90, 40, 160)
+        assert np.abs(x.mean((1, 2)) - want).max() < 3, (r['image'], x.mean((1, 2)))     # JPEG round trip only
+    assert contract_of('hyper_kvasir', out, ds) == 'uint8_to_unit'
+
+
+def test_intensity_rsna_pneumonia_stores_the_dicom_values(tmp_path):
+    """RSNA's DICOMs are 8-bit: prepare stores their pixel values (no per-image stretch) and the loader divides by 255;
+    a DICOM with values outside 0..255 is refused."""
+    raw = tmp_path / 'raw'
+    pids = [f'{i:08x}-0000-4000-8000-000000000000' for i in range(6)]
+    classes = ['Normal'] * 4 + ['Lung Opacity'] * 2
+    for k, p in enumerate(pids):
+        a = np.full((32, 32), 30 + k, np.uint8); a[:, 16:] = 180
+        write_dicom(raw / 'stage_2_train_images' / f'{p}.dcm', a)
+    write_csv(raw / 'stage_2_train_labels.csv', ['patientId', 'x', 'y', 'width', 'height', 'Target'],
+              [[p, 2, 2, 8, 8, 1] if c == 'Lung Opacity' else [p, '', '', '', '', 0] for p, c in zip(pids, classes)])
+    write_csv(raw / 'stage_2_detailed_class_info.csv', ['patientId', 'class'], list(zip(pids, classes)))
+    out = tmp_path / 'out'
+    assert run('rsna_pneumonia', 'prepare', '--raw-dir', raw, '--out-dir', out, '--img-size', 32) == 0
+    from PIL import Image
+    from uad_notebooks.data import load_dataset
+    ds = load_dataset('rsna_pneumonia', 'test', data_dir=out, img_size=32)
+    rows = [r for r in csv.DictReader(open(out / 'manifest.csv')) if r['split'] == 'test']
+    for i, r in enumerate(rows):
+        x = np.asarray(Image.open(out / r['image'])).astype(np.float64)
+        k = pids.index(r['subject'])
+        assert x[:, :16].tolist() == [[30 + k] * 16] * 32 and (x[:, 16:] == 180).all()   # the DICOM's values
+        assert np.allclose(ds.images[i, 0].numpy(), x / 255, atol=1e-6)
+    write_dicom(raw / 'stage_2_train_images' / f'{pids[0]}.dcm', np.zeros((32, 32)))
+    from pydicom import dcmread
+    dcm = dcmread(raw / 'stage_2_train_images' / f'{pids[0]}.dcm'); dcm.RescaleSlope = 10; dcm.RescaleIntercept = 0
+    dcm.PixelData = np.full((32, 32), 100, np.uint8).tobytes(); dcm.save_as(raw / 'stage_2_train_images' / f'{pids[0]}.dcm')
+    with pytest.raises(ValueError, match='not 8-bit'):
+        run('rsna_pneumonia', 'prepare', '--raw-dir', raw, '--out-dir', tmp_path / 'o2', '--img-size', 32)
+    assert contract_of('rsna_pneumonia', out, ds) == 'uint8_to_unit'
+
+
+def test_intensity_covid_cxr_stores_values_as_saved(tmp_path):
+    """COVIDx images: 8-bit values stored as saved, 16-bit ones scaled by 255/65535 (no per-image stretch); loaded / 255."""
+    from PIL import Image
+    raw = tmp_path / 'raw'
+    lines = {'train': [], 'test': []}
+    for i in range(8):
+        split = 'train' if i < 4 else 'test'
+        (raw / split).mkdir(parents=True, exist_ok=True)
+        if i == 7: Image.fromarray(np.full((16, 16), 65535 * 100 // 255, np.uint16)).save(raw / split / f'img_{i}.png')
+        else: Image.fromarray(np.full((16, 16), 40 + 10 * i, np.uint8)).save(raw / split / f'img_{i}.png')
+        lines[split].append(f'P{i} img_{i}.png {"positive" if i in (5, 7) else "negative"} src')
+    for s, l in lines.items(): (raw / f'{s}.txt').write_text('\n'.join(l) + '\n')
+    out = tmp_path / 'out'
+    assert run('covid_cxr', 'prepare', '--raw-dir', raw, '--out-dir', out, '--img-size', 16, '--val-frac', 0.25) == 0
+    from uad_notebooks.data import load_dataset
+    ds = load_dataset('covid_cxr', 'test', data_dir=out, img_size=16)
+    rows = [r for r in csv.DictReader(open(out / 'manifest.csv')) if r['split'] == 'test']
+    want = {f'images/test/img_{i}.png': 40 + 10 * i for i in range(4, 7)} | {'images/test/img_7.png': 100}
+    assert sorted(r['image'] for r in rows) == sorted(want)
+    for i, r in enumerate(rows):
+        x = np.asarray(Image.open(out / r['image'])).astype(np.float64)
+        assert (x == want[r['image']]).all(), r['image']
+        assert np.allclose(ds.images[i, 0].numpy(), x / 255, atol=1e-6)
+    assert contract_of('covid_cxr', out, ds) == 'uint8_to_unit'
+
+
+PDDPM_SUBJECTS = {  # subjects named in the published (shipped, pinned) lists, so the default faithful split applies
+    'ixi': {'train': 'IXI076-Guys-0753', 'val': 'IXI357-HH-2076', 'test': 'IXI105-HH-1471'},
+    'brats2021': {'val': 'BraTS2021_01122', 'test': 'BraTS2021_00538'},
+    'mslub': {'val': 'patient29', 'test': 'patient13'}}
+
+
+def fab_pddpm(name, raw):
+    "One fabricated raw volume per split, named as the published lists name them (the raw layout of each dataset)."
+    for split, s in PDDPM_SUBJECTS[name].items():
+        img, seg = head((20, 20, 14), lesion=(slice(8, 11), slice(8, 11), slice(4, 8)))
+        if name == 'ixi': nifti(raw / f'{s}-T2.nii.gz', img, zooms=(1.2, 1.2, 1.5))
+        elif name == 'brats2021':
+            img[img < 50] = 0
+            for m in ('t2', 'seg'): nifti(raw / 'BraTS2021_Training_Data' / s / f'{s}_{m}.nii.gz', img if m == 't2' else seg)
+        else:
+            nifti(raw / s / 'raw' / f'{s}_T2W.nii.gz', img); nifti(raw / s / f'{s}_consensus_gt.nii.gz', seg)
+
+
+@pytest.mark.parametrize('name', ['ixi', 'brats2021', 'mslub'])
+def test_intensity_pddpm_chain_loads_the_prepared_volumes_unchanged(name, tmp_path):
+    """IXI / BraTS21 / MSLUB: prepare did pDDPM's per-volume 1-99 percentile scaling to [0, 1]; every loaded slice is
+    exactly the prepared volume's slice (no second, per-slice rescaling). The split comes from the shipped, pinned
+    published lists."""
+    raw, out = tmp_path / 'raw', tmp_path / 'out'; fab_pddpm(name, raw)
+    assert run(name, 'prepare', '--raw-dir', raw, '--out-dir', out, *CHAIN) == 0
+    prov = json.loads((out / 'provenance.json').read_text())
+    assert all(v['check'] == 'pinned in the repository' for v in prov['split_files'].values()) and prov['split_files']
+    from uad_notebooks.data import load_dataset, read_nifti
+    ds = load_dataset(name, 'test', data_dir=out, img_size=12)
+    rows = [r for r in csv.DictReader(open(out / 'manifest.csv')) if r['split'] == 'test']
+    assert {r['subject'] for r in rows} == {PDDPM_SUBJECTS[name]['test']}
+    vol = read_nifti(out / rows[0]['image'])
+    assert vol.min() >= 0 and vol.max() <= 1 and vol.max() > 0.99                       # [0, 1] per volume
+    for i, r in enumerate(rows): assert np.array_equal(ds.images[i, 0].numpy(), vol[..., int(r['slice'])]), r['slice']
+    peaks = [float(vol[..., z].max()) for z in range(vol.shape[-1]) if vol[..., z].any()]
+    assert min(peaks) < 0.95                                     # a slice a per-slice rescaling would have stretched
+    assert contract_of(name, out, ds) == 'as_prepared'

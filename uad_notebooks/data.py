@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_data.ipynb #c003
 from __future__ import annotations
-import csv, difflib, importlib, io, math
+import csv, difflib, importlib, io, json, math
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -16,9 +16,10 @@ from torch.utils.data import Dataset
 from .core import hash_rows
 
 # %% auto #0
-__all__ = ['IMAGE_EXTS', 'SPLITS', 'DataError', 'ArrayDataset', 'manifest_hash', 'percentile_clip', 'zscore', 'minmax', 'resize',
-           'read_nifti', 'read_dicom', 'read_image_file', 'read_array', 'volume_slices', 'split_by_subject',
-           'register_dataset', 'list_datasets', 'load_dataset', 'manifest_dataset', 'nifti_dataset', 'folder_dataset',
+__all__ = ['IMAGE_EXTS', 'SPLITS', 'INTENSITY', 'INTENSITY_KEYS', 'DataError', 'ArrayDataset', 'manifest_hash', 'percentile_clip',
+           'zscore', 'minmax', 'resize', 'read_nifti', 'read_dicom', 'read_image_file', 'read_array', 'volume_slices',
+           'split_by_subject', 'register_dataset', 'list_datasets', 'load_dataset', 'intensity_record',
+           'apply_intensity', 'read_intensity', 'intensity_info', 'manifest_dataset', 'nifti_dataset', 'folder_dataset',
            'npz_dataset', 'check_test_set']
 
 # %% ../nbs/01_data.ipynb #c006
@@ -43,6 +44,7 @@ class ArrayDataset(Dataset):
                  transform: Callable | None = None, # applied to each item dict (e.g. augmentation)
                  meta: Sequence[dict] | None = None, # per-item provenance rows (paths, slice numbers)
                  name: str = "arrays", # shown in messages and the manifest
+                 intensity: dict | None = None, # what the loader did to the stored values (see the intensity contract)
                 ):
         images = _as_tensor(images, "images")
         if images.ndim == 3: images = images[:, None]
@@ -66,7 +68,7 @@ class ArrayDataset(Dataset):
         self.subjects = [str(s) for s in subjects] if subjects is not None else [f"{name}-{i}" for i in range(n)]
         if len(self.subjects) != n: raise DataError(f"{name}: {len(self.subjects)} subjects for {n} images")
         self.meta = list(meta) if meta is not None else [{} for _ in range(n)]
-        self.transform, self.name = transform, name
+        self.transform, self.name, self.intensity = transform, name, intensity
 
     def __len__(self): return len(self.labels)
 
@@ -90,7 +92,7 @@ class ArrayDataset(Dataset):
         idx = idx.tolist()
         return ArrayDataset(self.images[idx], self.labels[idx], self.masks[idx], self.brains[idx],
                             [self.subjects[i] for i in idx], self.has_mask[idx], self.transform,
-                            [self.meta[i] for i in idx], self.name)
+                            [self.meta[i] for i in idx], self.name, self.intensity)
 
     def __repr__(self):
         c, h, w = self.images.shape[1:]
@@ -304,19 +306,122 @@ def _read_2d(path, slice_idx=None, cache=None, in_chans: int = 1) -> np.ndarray:
     else: raise DataError(f"{path}: expected a 2-D image, got shape {a.shape}")
     return np.ascontiguousarray(a)
 
+# %% ../nbs/01_data.ipynb #c042
+_GEORGESCU = "lilygeorgescu/MAE-medical-anomaly-detection extract_reconstructions.py at 636824244c043b8eb38b6d6a0c057891b87825ae"
+_DPA = "ninatu/anomaly_detection anomaly_detection/utils/transforms.py at ada92019d53b3861f4e334f3d0c4b2ceac70b606"
+_PDDPM = ("FinnBehrendt/patched-Diffusion-Models-UAD src/datamodules/create_dataset.py (get_transform: tio.RescaleIntensity("
+          "(0, 1), percentiles=(1, 99), masking_method='mask')) at 9e9fdf94a78c2f05a0d82ef8452c398cb4c0a217; the same in "
+          "hasan1292/mDDPM src/datamodules/create_dataset.py at e76b948d0d95b7696eaa6020cbd659732da1475f")
+_OURS = ("our choice: MemMC-MAE (Tian et al., arXiv 2203.11725) publishes no code, and its paper states no intensity "
+         "normalisation")
+
+def _contract(name, scale, offset, description, source) -> dict:
+    return dict(name=name, scale=scale, offset=offset, description=description, source=source)
+
+_PDDPM_DESC = ("stored: the volume prepare wrote, already rescaled per volume to [0, 1] between the 1st and 99th "
+               "percentile inside the brain (the pDDPM chain); loaded unchanged")
+INTENSITY = {  # loaded value = stored value * scale + offset (per channel); written into provenance.json by prepare
+    "brats2020": _contract("as_stored", 1.0, 0.0, "stored: channel 0 of the Kaggle BraTS 2020 HDF5 'image' array, "
+                           "unchanged (float32 .npy); loaded unchanged, as load_image (channel 0) and process_image "
+                           "(mean 0, std 1) do", _GEORGESCU + " (load_image, process_image)"),
+    "luna16": _contract("hu_div_100", 0.01, 0.0, "stored: Hounsfield units of the CT crop (float32 .npy); loaded as "
+                        "HU / 100, as process_image does for dataset 'luna16_unnorm' (mean 0, std 100)",
+                        _GEORGESCU + " (process_image, dataset luna16_unnorm)"),
+    "nih_cxr14": _contract("uint8_to_pm1", 2 / 255, -1.0, "stored: 8-bit grey PNG after DPA's resize, crop, "
+                           "[equalisation] and resize; loaded as ToTensor (x / 255) then Normalize((0.5,), (0.5,)): "
+                           "x * 2/255 - 1, in [-1, 1]", _DPA + " (NIHTransform)"),
+    "camelyon16": _contract("uint8_to_pm1", 2 / 255, -1.0, "stored: 8-bit RGB PNG patches (x10, stain-normalised); "
+                            "loaded per channel as ToTensor then Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)): "
+                            "x * 2/255 - 1, in [-1, 1]", _DPA + " (Camelyon16Transform)"),
+    "ixi": _contract("as_prepared", 1.0, 0.0, _PDDPM_DESC, _PDDPM),
+    "brats2021": _contract("as_prepared", 1.0, 0.0, _PDDPM_DESC, _PDDPM),
+    "mslub": _contract("as_prepared", 1.0, 0.0, _PDDPM_DESC, _PDDPM),
+    "hyper_kvasir": _contract("uint8_to_unit", 1 / 255, 0.0, "stored: 8-bit RGB PNG (the JPEG frames, resized); "
+                              "loaded per channel as x / 255, in [0, 1]", _OURS),
+    "rsna_pneumonia": _contract("uint8_to_unit", 1 / 255, 0.0, "stored: 8-bit grey PNG of the DICOM pixel values "
+                                "(RSNA's DICOMs are 8-bit MONOCHROME2), resized; loaded as x / 255, in [0, 1]", _OURS),
+    "covid_cxr": _contract("uint8_to_unit", 1 / 255, 0.0, "stored: 8-bit grey PNG of the image as saved (16-bit "
+                           "images scaled by 255 / 65535), resized; loaded as x / 255, in [0, 1]", _OURS),
+}
+INTENSITY_KEYS = ("name", "scale", "offset", "description", "source")
+
+def intensity_record(name: str) -> dict:
+    "A copy of the intensity contract of prepared dataset `name` (what its `prepare` writes to provenance.json)."
+    if name not in INTENSITY: raise ValueError(f"no intensity contract for {name!r}; known: {', '.join(sorted(INTENSITY))}")
+    return dict(INTENSITY[name])
+
+def _affine(rec, where: str):
+    "(scale, offset) of an intensity record or a `normalize=dict(scale=, offset=)`, checked."
+    if not isinstance(rec, dict) or not {"scale", "offset"} <= set(rec):
+        raise DataError(f"{where}: needs 'scale' and 'offset' (loaded = stored * scale + offset), got {rec!r}")
+    for k in ("scale", "offset"):
+        v = rec[k]; vals = list(v) if isinstance(v, (list, tuple)) else [v]
+        if not vals or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in vals):
+            raise DataError(f"{where}: {k} must be a finite number, or a list of them (one per channel), got {v!r}")
+    return rec["scale"], rec["offset"]
+
+def apply_intensity(x, scale, offset) -> torch.Tensor:
+    "`x * scale + offset` on (C, H, W) or (N, C, H, W), computed in float64; a list gives one value per channel."
+    x = torch.as_tensor(x); c = x.shape[-3]
+    def per_channel(v, what):
+        t = torch.as_tensor(v, dtype=torch.float64).reshape(-1)
+        if t.numel() not in (1, c): raise DataError(f"intensity {what} has {t.numel()} values for {c} channel(s)")
+        return t.reshape(-1, 1, 1)
+    return (x.double() * per_channel(scale, "scale") + per_channel(offset, "offset")).float()
+
+def read_intensity(data_dir, name: str = "manifest") -> dict:
+    "The intensity record of a prepared folder (`provenance.json['intensity']`); a `DataError` saying what to do if absent."
+    p = Path(data_dir) / "provenance.json"
+    script = f"python data_scripts/{name}.py prepare ... --overwrite" if name in INTENSITY else "the prepare step that wrote it"
+    how = (f"re-run `{script}` (prepare records the contract), or pass normalize= explicitly ('none', 'minmax', "
+           f"'zscore', 'percentile' or dict(scale=..., offset=...))")
+    if not p.exists(): raise DataError(f"{name}: {p} not found, so the intensity contract of {Path(data_dir)} is unknown: {how}")
+    try: prov = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e: raise DataError(f"{p}: not valid JSON ({e})") from e
+    if not isinstance(prov, dict) or "intensity" not in prov:
+        raise DataError(f"{name}: {p} records no 'intensity' (prepared before the intensity contract existed): {how}")
+    rec = prov["intensity"]; _affine(rec, f"{p} 'intensity'")
+    miss = [k for k in INTENSITY_KEYS if k not in rec]
+    if miss: raise DataError(f"{p} 'intensity': missing {miss}: {how}")
+    return rec
+
+_APPLIED = {None: "none: the stored values", "none": "none: the stored values",
+            "minmax": "per-image min-max to [0, 1] inside the brain mask",
+            "zscore": "per-image z-score inside the brain mask",
+            "percentile": "per-image 1-99 percentile clip, then min-max to [0, 1] inside the brain mask"}
+
+def intensity_info(normalize, rec: dict | None = None) -> dict:
+    "The `.intensity` of a loaded dataset: the prepared record `rec` (or None values) plus what the loader `applied`."
+    out = {k: (rec or {}).get(k) for k in INTENSITY_KEYS}
+    if normalize == "auto": applied, ok = f"x * {rec['scale']} + {rec['offset']} ({rec['name']!r}, from provenance.json)", True
+    elif isinstance(normalize, dict): applied, ok = f"x * {normalize['scale']} + {normalize['offset']} (normalize=dict)", False
+    else: applied, ok = f"{_APPLIED[normalize]} (normalize={normalize!r})", False
+    if rec is not None and not ok: applied += f"; the prepared contract {rec['name']!r} was not applied"
+    return dict(out, applied=applied, normalize=normalize if not isinstance(normalize, dict) else dict(normalize),
+                contract_applied=ok)
+
 # %% ../nbs/01_data.ipynb #c030
 def manifest_dataset(split: str, data_dir=None, img_size: int = 64, # output size (pixels)
-                     normalize: str | None = "minmax", # per-image normalisation inside the brain mask (None to keep)
+                     normalize: str | dict | None = "auto", # 'auto': the prepared dataset's intensity contract; or 'minmax', 'zscore', 'percentile', None, dict(scale=, offset=)
                      name: str = "manifest", train_normal_only: bool = True, # UAD: train keeps label-0 rows
                      in_chans: int = 1, # 1 (grey) or 3 (colour, e.g. Hyper-Kvasir, Camelyon16)
                      transform: Callable | None = None, **_) -> ArrayDataset:
     """Read the prepared layout (`manifest.csv` + files) written by `data_scripts/`.
 
+    `normalize="auto"` applies the intensity contract recorded in `provenance.json` (the same map for every image).
     Where the manifest gives masks for some rows, a normal row without a mask file has a real all-zero ground truth
     (`has_mask` True); where it gives none, no row has pixel ground truth."""
     d = _require_dir(data_dir, name); _check_split(split)
     mf = d / "manifest.csv"
     if not mf.exists(): raise DataError(f"{name}: {mf} not found; run `python data_scripts/{name}.py prepare` first")
+    if normalize == "auto": rec = read_intensity(d, name); affine = _affine(rec, "provenance.json 'intensity'")
+    else:
+        if isinstance(normalize, dict): affine = _affine(normalize, "normalize")
+        elif (normalize is None or isinstance(normalize, str)) and normalize in _APPLIED: affine = None
+        else: raise ValueError(f"normalize must be 'auto', None, 'none', 'minmax', 'zscore', 'percentile' or "
+                               f"dict(scale=, offset=), got {normalize!r}")
+        try: rec = read_intensity(d, name)
+        except DataError: rec = None                          # explicit normalize: the record is informative only
     with open(mf, newline="") as f: rows = list(csv.DictReader(f))
     need = {"split", "subject", "label", "image"}
     if not rows or not need <= set(rows[0]): raise DataError(f"{mf}: needs columns {sorted(need)} and at least one row")
@@ -332,13 +437,14 @@ def manifest_dataset(split: str, data_dir=None, img_size: int = 64, # output siz
         b = torch.from_numpy(_read_2d(d / r["brain"], r.get("slice"), caches["brain"])) if has_b else torch.ones_like(img[:1])
         for what, t in (("mask", m), ("brain", b)):
             if t.shape[1:] != img.shape[1:]: raise DataError(f"{d / r[what]}: {what} shape {tuple(t.shape[1:])} differs from its image {d / r['image']} shape {tuple(img.shape[1:])}")
-        img = _norm_slice(img, (b > 0) if has_b else torch.zeros_like(b, dtype=torch.bool), normalize)
+        if affine is not None: img = apply_intensity(img, *affine)   # the same map for every image
+        else: img = _norm_slice(img, (b > 0) if has_b else torch.zeros_like(b, dtype=torch.bool), normalize)
         imgs.append(resize(img, img_size)); msks.append(resize((m > 0).float(), img_size, "nearest"))
         brns.append(resize((b > 0).float(), img_size, "nearest"))
         hms.append(has_m or (any_mask and int(r["label"]) == 0))
         metas.append({k: r[k] for k in ("image", "slice") if r.get(k) not in (None, "")})
     return ArrayDataset(torch.stack(imgs), [int(r["label"]) for r in rows], torch.stack(msks), torch.stack(brns),
-                        [r["subject"] for r in rows], hms, transform, metas, name)
+                        [r["subject"] for r in rows], hms, transform, metas, name, intensity_info(normalize, rec))
 
 for _n in ("brats2020", "brats2021", "ixi", "mslub", "luna16", "rsna_pneumonia", "hyper_kvasir", "covid_cxr",
            "nih_cxr14", "camelyon16", "manifest"):
@@ -370,7 +476,8 @@ def nifti_dataset(split: str, data_dir=None, img_size: int = 64, fractions=(0.6,
         subjects += [sid] * int(keep.sum()); metas += [dict(image=p.name, slice=i) for i in parts[-1]["slices"]]
     if not subjects: raise DataError(f"nifti: split {split!r} of {d} holds no slices (too few subjects?)")
     cat = lambda k: torch.cat([p[k] for p in parts])
-    return ArrayDataset(cat("images"), cat("labels"), cat("masks"), cat("brains"), subjects, cat("has_mask"), transform, metas, "nifti")
+    return ArrayDataset(cat("images"), cat("labels"), cat("masks"), cat("brains"), subjects, cat("has_mask"), transform, metas, "nifti",
+                        intensity_info(normalize))
 
 register_dataset("nifti", nifti_dataset)
 
@@ -402,7 +509,7 @@ def folder_dataset(split: str, data_dir=None, img_size: int = 64, labels_csv: st
         imgs.append(resize(_norm_slice(img, torch.zeros_like(img[:1], dtype=torch.bool), normalize), img_size))
         msks.append(resize((m > 0).float(), img_size, "nearest")); hms.append(bool(r["mask"]))
     return ArrayDataset(torch.stack(imgs), [r["label"] for r in man], torch.stack(msks), None, [r["subject"] for r in man],
-                        hms, transform, [dict(image=r["image"]) for r in man], name)
+                        hms, transform, [dict(image=r["image"]) for r in man], name, intensity_info(normalize))
 
 register_dataset("folder", folder_dataset)
 register_dataset("dicom", lambda split, data_dir=None, **kw: folder_dataset(split, data_dir, **{"name": "dicom", **kw}))
@@ -426,11 +533,14 @@ def npz_dataset(split: str, data_dir=None, img_size: int = 64, normal_class: int
     y = (y != normal_class).long()
     if x.ndim == 4 and x.shape[-1] in (1, 3): x = x.permute(0, 3, 1, 2)
     if x.ndim == 3: x = x[:, None]
-    x = x / 255.0 if x.max() > 1 else x
+    scaled = bool(x.max() > 1)
+    x = x / 255.0 if scaled else x
     keep = (y == 0) if split == "train" else torch.ones_like(y, dtype=torch.bool)
     x, y = resize(x[keep], img_size), y[keep]
     return ArrayDataset(x, y, None, None, [f"{p.stem}-{split}-{i}" for i in keep.nonzero().flatten().tolist()],
-                        transform=transform, name=p.stem)
+                        transform=transform, name=p.stem,
+                        intensity=dict(intensity_info(None), applied="x / 255 (values above 1 in the split)" if scaled
+                                       else "none: the stored values (already in [0, 1])"))
 
 register_dataset("npz", npz_dataset)
 
