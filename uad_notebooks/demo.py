@@ -370,5 +370,9 @@ def demo_dataset(split: str, # 'train' (healthy subjects only), 'val' or 'test' 
     "The offline demo dataset: synthetic brain MRI slices from the MNI152 anatomy, with exact lesion masks."
     a = demo_arrays(split, img_size, seed, size, contrast, cache, data_dir or None, progress, lesions)
     meta = [dict(slice=int(k), contrast=str(c), lesion=str(l)) for k, c, l in zip(a["slice"], a["contrast"], a["lesion"])]
+    intensity = dict(name="demo_unit", scale=1.0, offset=0.0, source="uad_notebooks.demo (synthetic)",
+                     description="rendered in [0, 1] (0.85 at the healthy brain's 99.5th percentile), background 0; stored as built",
+                     applied="none: the values as built")
     return ArrayDataset(a["images"][:, None], a["labels"], a["masks"][:, None], a["brains"][:, None],
-                        [str(s) for s in a["subjects"]], transform=transform, meta=meta, name=f"demo-{split}")
+                        [str(s) for s in a["subjects"]], transform=transform, meta=meta, name=f"demo-{split}",
+                        intensity=intensity)
