@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt
 from .core import seed_everything, get_device
 from .data import load_dataset
 from .metrics import paired_bootstrap
-from .train import train
+from .train import train, load_checkpoint
 from .evaluate import evaluate
 from .viz import compare_maps
 
@@ -149,6 +149,8 @@ def fit_mae_uad(train_ds, *, budget: float = 1.0, seed: int = 0, device="auto", 
     model.eval()
     clf_data = model.build_classifier_data(train_ds, seed=seed, progress=progress)
     selecting = val_ds is not None and select == "val_loss"
+    clf_ckpt = None if out_dir is None else _ckpt(out_dir, "mae_uad") / "classifier" / "last.pt"
+    clf_done = clf_ckpt is not None and clf_ckpt.exists() and load_checkpoint(clf_ckpt).get("done", False)
     if selecting:
         model.set_stage("classifier").track_selection({"healthy_val": model.build_classifier_data(val_ds, seed=seed + 2, progress=progress)},
                                                       every=val_every or max(1, n_clf // 10), out_dir=_ckpt(out_dir, "mae_uad/selection"))
@@ -157,8 +159,8 @@ def fit_mae_uad(train_ds, *, budget: float = 1.0, seed: int = 0, device="auto", 
                schedule="cosine", warmup_steps=max(1, n_clf // 10), min_lr=1e-6, device=device, seed=seed, progress=progress)
     extra = dict(selection="last weights (no model selection)")
     if selecting:
-        model.update_selection(r2.steps)                          # the hook runs before each step: the final weights too
-        chosen = model.use_selected("healthy_val")
+        if not clf_done: model.update_selection(r2.steps)          # the hook runs before each step: the final weights too
+        chosen = model.use_selected("healthy_val")                 # a finished stage: the choice saved by its run
         extra = dict(selection=f"MAE: lowest healthy validation loss (step {r1.best_step}); classifier: best healthy "
                                f"validation AUROC, plain vs pseudo-abnormal maps (step {chosen['step']}, {chosen['auroc']:.3f})",
                      classifier_selection=chosen, classifier_selection_history=model._selection["history"])
