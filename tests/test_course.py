@@ -1,14 +1,16 @@
-"""Course assignments: solutions earn full marks, student versions none, and each planted typical mistake loses exactly
-the points of the checks that should catch it, with a message that names it. Grading runs in-process here (a fresh
-namespace per notebook); one test goes through the `uad-course` command in a subprocess."""
-import json, subprocess, sys
+"""Course assignments: solutions earn full marks, student versions none, every exercise its points while the others are
+unfinished, correct answers written differently full marks, and each planted typical mistake (a call into the package
+among them) loses exactly the points of the checks that should catch it, with a message that names it; the installed
+package holds no notebook. Grading runs in-process here (a fresh namespace per notebook); one test goes through the
+`uad-course` command in a subprocess, one builds a wheel."""
+import json, shutil, subprocess, sys, zipfile
 from pathlib import Path
 
 import pytest
 
-from conftest import NBS
-from uad_notebooks.course import (CourseError, assignments, cell_source, generate, grade, nbgrader_meta, read_notebook,
-                                  student_version)
+from conftest import NBS, ROOT
+from uad_notebooks.course import (CourseError, assignments, cell_source, clear_solutions, generate, grade, is_autograded_test,
+                                  is_solution, nbgrader_meta, read_notebook, student_version)
 
 COURSE = NBS / "course"
 ASSIGNMENTS = assignments(COURSE)
@@ -52,13 +54,79 @@ def test_student_version_scores_zero(nb, tmp_path):
     assert rep.manual, "each assignment has a written question"
 
 
-# (assignment, solution cell grade_id, substitutions in that cell, checks that must fail, phrase the message must hold)
+def exercises(nb: dict) -> list:
+    "(grade_id of a code solution cell, grade_ids of the checks after it up to the next code solution cell), in order."
+    out = []
+    for c in nb["cells"]:
+        if c["cell_type"] == "code" and is_solution(c): out.append((nbgrader_meta(c)["grade_id"], []))
+        elif is_autograded_test(c) and out: out[-1][1].append(nbgrader_meta(c)["grade_id"])
+    return out
+
+
+@pytest.mark.parametrize("nb", ASSIGNMENTS, ids=lambda p: p.name)
+def test_each_exercise_scores_alone(nb, tmp_path):
+    "An exercise earns all its points while every other exercise is unfinished: no check depends on another exercise."
+    src = read_notebook(nb)
+    for sol_id, checks in exercises(src):
+        alone = json.loads(json.dumps(src))
+        for c in alone["cells"]:
+            if c["cell_type"] == "code" and is_solution(c) and nbgrader_meta(c)["grade_id"] != sol_id:
+                c["source"] = clear_solutions(cell_source(c))[0]
+        (tmp_path / nb.name).write_text(json.dumps(alone))
+        rep = grade(tmp_path / nb.name, source=nb, isolate=False)
+        mine = {c.grade_id: c for c in rep.checks if c.grade_id in checks}
+        assert checks and all(c.points == c.max_points for c in mine.values()), f"{sol_id} alone:\n{rep}"
+        assert rep.total == sum(c.max_points for c in mine.values()), f"{sol_id} alone: other checks passed too\n{rep}"
+
+
+def test_installed_package_holds_no_solutions(tmp_path):
+    "The wheel that `pip install` installs holds the package only: no notebook, no line of a solution or a hidden test."
+    src = tmp_path / "src"
+    shutil.copytree(ROOT / "uad_notebooks", src / "uad_notebooks", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(NBS / "course", src / "nbs" / "course")   # where the solutions are, should packaging ever reach for them
+    for name in ("pyproject.toml", "README.md", "setup.py", "setup.cfg", "MANIFEST.in"):
+        if (ROOT / name).exists(): shutil.copy(ROOT / name, src / name)
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation", "-q",
+                        "-w", str(tmp_path / "wheel")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    (whl,) = (tmp_path / "wheel").glob("uad_notebooks-*.whl")
+    z = zipfile.ZipFile(whl)
+    names = z.namelist()
+    assert "uad_notebooks/course.py" in names, names
+    stray = [n for n in names if n.endswith(".ipynb") or not (n.startswith("uad_notebooks/") or ".dist-info/" in n)]
+    assert not stray, f"the installed package would hold {stray}"
+    hidden, solution = set(), set()   # lines only the teacher's notebooks hold (solutions may match package code)
+    for nb in ASSIGNMENTS:
+        for c in read_notebook(nb)["cells"]:
+            for begin, end, lines in (("### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS", hidden),
+                                      ("### BEGIN SOLUTION", "### END SOLUTION", solution)):
+                for part in cell_source(c).split(begin)[1:]:
+                    lines |= {l.strip() for l in part.split(end)[0].splitlines() if len(l.strip()) > 30}
+    for n in names:
+        text = z.read(n).decode("utf-8", "replace")
+        leaked = [l for l in hidden | (set() if n.endswith(".py") else solution) if l in text]
+        assert not leaked, f"{n} in the installed package holds lines of the course's hidden tests or solutions: {leaked[:3]}"
+
+
+# (assignment, solution cell grade_id, substitutions in that cell, checks that must fail, phrase the message must hold).
+# A substitution (SOLUTION, text) replaces the whole solution region by `text` (written at the region's indent).
+SOLUTION = None
 MISTAKES = [
     ("01_mae_masking", "patchify", [(".permute(0, 2, 4, 3, 5, 1)", "")], {"patchify_order"}, "without a permute"),
-    ("01_mae_masking", "random_masking", [("int(L * (1 - mask_ratio))", "int(L * mask_ratio)")],
-     {"mask_ratio", "mask_package"}, "mask ratio wrong"),
+    ("01_mae_masking", "patchify", [(SOLUTION, "return ref.patchify(x, patch_size)")],          # the set-up used to import ref
+     {"patchify_shape", "patchify_order"}, "name 'ref' is not defined"),
+    ("01_mae_masking", "patchify", [("def patchify", "from uad_notebooks import masking as ref\n\ndef patchify"),
+                                    (SOLUTION, "return ref.patchify(x, patch_size)")],
+     {"patchify_shape", "patchify_order"}, "write the exercise yourself"),
+    ("01_mae_masking", "random_masking", [("int(L * (1 - mask_ratio))", "int(L * mask_ratio)")], {"mask_ratio"},
+     "mask ratio wrong"),
     ("01_mae_masking", "random_masking", [("ids_restore = torch.argsort(ids_shuffle, dim=1)", "ids_restore = ids_shuffle")],
-     {"mask_order", "mask_package"}, "original token order"),
+     {"mask_order"}, "original token order"),
+    ("01_mae_masking", "random_masking", [("torch.rand(B, L, generator=generator)", "torch.rand(B, L)")], {"mask_random"},
+     "generator"),
+    ("01_mae_masking", "random_masking",
+     [(SOLUTION, "from uad_notebooks.masking import random_masking as reference\nreturn reference(x, mask_ratio, generator)")],
+     {"mask_ratio", "mask_order", "mask_random"}, "an import of uad_notebooks.masking"),
     ("01_mae_masking", "restore_order", [("return torch.gather(x_, 1, ids_restore[..., None].expand(-1, -1, D))", "return x_")],
      {"restore"}, "token order not restored"),
     ("02_memory_attention", "memory_attention", [("torch.cat([k, mem_k], dim=2)", "torch.cat([k, mem_v], dim=2)")],
@@ -69,10 +137,14 @@ MISTAKES = [
      {"attn_shapes", "attn_memory_keys", "attn_memory_values", "attn_package"}, "keys AND to the values"),
     ("02_memory_attention", "memory_mass", [("w[..., -n_mem:]", "w[..., :n_mem]")], {"mass_value", "mass_package"},
      "LAST n_mem columns"),
+    ("02_memory_attention", "memory_mass", [(SOLUTION, "return ref.memory_mass(w, n_mem)")], {"mass_value", "mass_package"},
+     "write the exercise yourself"),
     ("03_perceptual_loss", "relative_l1", [("f_real.detach().abs()", "f_real.abs()")], {"rel_no_grad_denominator"},
      "gradient flows through the perceptual denominator"),
     ("03_perceptual_loss", "relative_l1", [("denom = f_real.detach()", "denom = f_fake.detach()")],
      {"rel_formula", "rel_no_grad_denominator"}, "REAL image"),
+    ("03_perceptual_loss", "relative_l1", [(SOLUTION, "return ref.relative_l1(f_real, f_fake, eps=eps)")],
+     {"rel_formula", "rel_scale", "rel_no_grad_denominator"}, "write the exercise yourself"),
     ("03_perceptual_loss", "perceptual_map",
      [(".mean(dim=(1, 2, 3)).clamp_min(1e-8).view(-1, 1, 1, 1)", ".mean(dim=1, keepdim=True).clamp_min(1e-8)")],
      {"map_package"}, "ONE number per image"),
@@ -83,19 +155,83 @@ MISTAKES = [
     ("04_frequency_mask", "frequency_filter", [("torch.fft.fftshift(torch.fft.fft2(x), dim=(-2, -1))", "torch.fft.fft2(x)"),
                                                ("torch.fft.ifftshift(F_ * keep, dim=(-2, -1))", "F_ * keep")],
      {"filter_lowpass", "filter_package"}, "fftshift"),
+    ("04_frequency_mask", "frequency_filter", [(SOLUTION, "return ref.fft_filter(x, int(M.sum() ** 0.5) // 2, mode)")],
+     {"filter_real", "filter_lowpass", "filter_package"}, "write the exercise yourself"),
     ("05_threshold_dice", "threshold_at_fpr", [("np.asarray(healthy_maps)[np.asarray(brains) > 0.5]", "np.asarray(healthy_maps).ravel()")],
+     {"thr_brain"}, "OUTSIDE the brain"),
+    ("05_threshold_dice", "threshold_at_fpr",   # the brain mask multiplied in: the background's zeros stay in the pool
+     [("np.asarray(healthy_maps)[np.asarray(brains) > 0.5]", "(np.asarray(healthy_maps) * np.asarray(brains)).ravel()")],
      {"thr_brain"}, "OUTSIDE the brain"),
     ("05_threshold_dice", "threshold_at_fpr", [("float(np.sort(v)[v.size - k - 1])", "float(np.quantile(v, 1 - fpr))")],
      {"thr_fpr"}, "fpr="),
+    ("05_threshold_dice", "threshold_at_fpr", [(SOLUTION, "raise NotImplementedError()")],   # exercise 1 unfinished:
+     {"thr_fpr", "thr_brain"}, "NotImplementedError"),                                     # exercise 2 keeps its points
+    ("05_threshold_dice", "threshold_at_fpr", [(SOLUTION, "return ref.threshold_at_fpr(healthy_maps, fpr, brains)")],
+     {"thr_fpr", "thr_brain"}, "name 'ref' is not defined"),
+    ("05_threshold_dice", "threshold_at_fpr",
+     [(SOLUTION, "from uad_notebooks.metrics import threshold_at_fpr as reference\nreturn reference(healthy_maps, fpr, brains)")],
+     {"thr_fpr", "thr_brain"}, "write the exercise yourself"),
     ("05_threshold_dice", "dice_at_healthy_fpr", [("threshold_at_fpr(val_maps, fpr, val_brains)", "threshold_at_fpr(test_maps, fpr, test_brains)")],
      {"dice_threshold_from_healthy"}, "threshold chosen on the test set"),
     ("05_threshold_dice", "dice_at_healthy_fpr",
      [("threshold_at_fpr(val_maps, fpr, val_brains)",
        "threshold_at_fpr(np.where(test_masks > 0.5, test_maps.min(), test_maps), fpr, test_brains)")],
      {"dice_threshold_from_healthy"}, "threshold chosen on the test set"),
+    ("05_threshold_dice", "dice_at_healthy_fpr", [("t = threshold_at_fpr(val_maps, fpr, val_brains)", "t = 2.0")],
+     {"dice_threshold_from_healthy"}, "not the healthy threshold"),
+    ("05_threshold_dice", "dice_at_healthy_fpr", [("threshold_at_fpr(val_maps, fpr, val_brains)", "threshold_at_fpr(val_maps, 0.05, val_brains)")],
+     {"dice_threshold_from_healthy"}, "not the healthy threshold"),
+    ("05_threshold_dice", "dice_at_healthy_fpr",
+     [("threshold_at_fpr(val_maps, fpr, val_brains)", "threshold_at_fpr(val_maps, fpr, np.ones_like(val_brains))")],
+     {"dice_threshold_from_healthy"}, "not the healthy threshold"),
     ("05_threshold_dice", "dice_at_healthy_fpr",
      [("pred, gt = (test_maps > t) & inside, (test_masks > 0.5) & inside", "pred, gt = test_maps > t, test_masks > 0.5")],
-     {"dice_in_brain", "dice_value"}, "Dice on the wrong pixels"),
+     {"dice_in_brain"}, "Dice on the wrong pixels"),
+    ("05_threshold_dice", "dice_at_healthy_fpr", [("(test_maps > t) & inside", "(test_maps >= t) & inside")],
+     {"dice_value"}, "strictly"),
+    ("05_threshold_dice", "dice_at_healthy_fpr", [("(1.0 if den == 0 else float(2 * (pred & gt).sum() / den))",
+                                                   "float(2 * (pred & gt).sum() / den)")], {"dice_value"}, "|P| + |G| = 0"),
+    ("05_threshold_dice", "dice_at_healthy_fpr",   # a mean of per-image Dice instead of one pooled Dice
+     [(SOLUTION, "t = threshold_at_fpr(val_maps, fpr, val_brains)\ninside = test_brains > 0.5\n"
+                 "pred, gt = (test_maps > t) & inside, (test_masks > 0.5) & inside\n"
+                 "den = pred.sum(axis=(1, 2, 3)) + gt.sum(axis=(1, 2, 3))\n"
+                 "per_image = np.where(den == 0, 1.0, 2 * (pred & gt).sum(axis=(1, 2, 3)) / np.maximum(den, 1))\n"
+                 "return t, float(per_image.mean())")],
+     {"dice_value"}, "Pool all in-brain pixels"),
+    ("05_threshold_dice", "dice_at_healthy_fpr",
+     [(SOLUTION, "from uad_notebooks.metrics import pixel_metrics\nt = threshold_at_fpr(val_maps, fpr, val_brains)\n"
+                 "return t, pixel_metrics(test_maps, test_masks, test_brains, threshold=t, n_bins=None)['dice']")],
+     {"dice_threshold_from_healthy", "dice_in_brain", "dice_value"}, "write the exercise yourself"),
+]
+
+# Correct answers written differently from the solution: each must earn full marks.
+VARIANTS = [
+    ("01_mae_masking", "patchify", "B, C, H, W = x.shape\np = patch_size\n"
+     "return x.unfold(2, p, p).unfold(3, p, p).permute(0, 2, 3, 4, 5, 1).reshape(B, -1, p * p * C)"),
+    ("01_mae_masking", "random_masking",   # another valid draw: keep the LARGEST noise
+     "B, L, D = x.shape\nlen_keep = int(L * (1 - mask_ratio))\n"
+     "ids_shuffle = torch.argsort(torch.rand(B, L, generator=generator), dim=1, descending=True)\n"
+     "ids_restore = torch.argsort(ids_shuffle, dim=1)\n"
+     "x_kept = torch.gather(x, 1, ids_shuffle[:, :len_keep, None].expand(-1, -1, D))\n"
+     "return x_kept, (ids_restore >= len_keep).float(), ids_restore"),
+    ("01_mae_masking", "random_masking",   # another draw: one random permutation per sample, fancy indexing
+     "B, L, D = x.shape\nlen_keep = int(L * (1 - mask_ratio))\n"
+     "ids_shuffle = torch.stack([torch.randperm(L, generator=generator) for _ in range(B)])\n"
+     "ids_restore = ids_shuffle.argsort(1)\n"
+     "return x[torch.arange(B)[:, None], ids_shuffle[:, :len_keep]], (ids_restore >= len_keep).float(), ids_restore"),
+    ("01_mae_masking", "restore_order",    # scatter the kept tokens to their places instead of gathering
+     "B, L = ids_restore.shape\nD = x_kept.shape[-1]\nids_shuffle = torch.argsort(ids_restore, dim=1)\n"
+     "out = mask_token.expand(B, L, D).clone()\n"
+     "return out.scatter(1, ids_shuffle[:, :x_kept.shape[1], None].expand(-1, -1, D), x_kept)"),
+    ("05_threshold_dice", "threshold_at_fpr",
+     "v = np.asarray(healthy_maps)[np.asarray(brains) > 0.5]\nj = v.size - int(fpr * v.size) - 1\n"
+     "return float(np.partition(v, j)[j])"),
+    ("05_threshold_dice", "threshold_at_fpr",
+     "v = np.asarray(healthy_maps)[np.asarray(brains) > 0.5]\nreturn float(-np.sort(-v)[int(np.floor(fpr * v.size))])"),
+    ("05_threshold_dice", "dice_at_healthy_fpr",   # the threshold computed inline, not through exercise 1
+     "v = np.sort(val_maps[val_brains > 0.5])\nt = float(v[v.size - int(fpr * v.size) - 1])\n"
+     "inside = test_brains > 0.5\np, g = (test_maps > t)[inside], (test_masks > 0.5)[inside]\n"
+     "den = p.sum() + g.sum()\nreturn t, 1.0 if den == 0 else 2 * np.logical_and(p, g).sum() / den"),
 ]
 
 
@@ -105,6 +241,12 @@ def plant(name: str, cell_id: str, subs, dst: Path) -> Path:
     cell = next(c for c in nb["cells"] if nbgrader_meta(c).get("grade_id") == cell_id)
     src = cell_source(cell)
     for old, new in subs:
+        if old is SOLUTION:   # the whole region between the markers, markers dropped, at the BEGIN line's indent
+            lines = src.split("\n")
+            b, e = (next(i for i, l in enumerate(lines) if m in l) for m in ("### BEGIN SOLUTION", "### END SOLUTION"))
+            indent = lines[b][:len(lines[b]) - len(lines[b].lstrip())]
+            src = "\n".join(lines[:b] + [indent + l for l in new.split("\n")] + lines[e + 1:])
+            continue
         assert src.count(old) == 1, f"{name}/{cell_id}: {old!r} occurs {src.count(old)} times"
         src = src.replace(old, new)
     cell["source"] = src
@@ -122,6 +264,12 @@ def test_planted_mistake_loses_exactly_its_points(name, cell_id, subs, lost, phr
     assert rep.total == rep.max_total - sum(c.max_points for c in rep.checks if c.grade_id in lost)
     errors = " ".join(c.error for c in rep.checks if c.error)
     assert phrase in errors, f"no check names the mistake ({phrase!r}):\n{rep}"
+
+
+@pytest.mark.parametrize("name, cell_id, body", VARIANTS, ids=[f"{v[0][:2]}-{v[1]}-{i}" for i, v in enumerate(VARIANTS)])
+def test_correct_variant_earns_full_marks(name, cell_id, body, tmp_path):
+    rep = grade(plant(name, cell_id, [(SOLUTION, body)], tmp_path), source=COURSE / f"{name}.ipynb", isolate=False)
+    assert rep.total == rep.max_total, str(rep)
 
 
 def test_edited_checks_are_restored(tmp_path):

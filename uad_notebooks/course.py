@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_course.ipynb #c003
 from __future__ import annotations
-import argparse, contextlib, io, json, linecache, os, re, subprocess, sys, tempfile, time, traceback
+import argparse, contextlib, io, json, linecache, os, re, subprocess, sys, tempfile, time, traceback, types
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 
@@ -12,7 +12,7 @@ from pathlib import Path
 __all__ = ['CODE_STUB', 'TEXT_STUB', 'CourseError', 'read_notebook', 'cell_source', 'nbgrader_meta', 'is_grade', 'is_solution',
            'is_locked', 'is_autograded_test', 'check_grade_ids', 'clear_solutions', 'remove_hidden_tests',
            'student_version', 'generate', 'run_cells', 'course_dir', 'assignments', 'CheckResult', 'GradeReport',
-           'grade', 'main']
+           'grade', 'package_uses', 'assert_own_code', 'main']
 
 # %% ../nbs/08_course.ipynb #c006
 class CourseError(Exception):
@@ -332,6 +332,60 @@ def grade(submission, # the submitted notebook (path)
     return rep
 
 # %% ../nbs/08_course.ipynb #c033
+_DOOR_NAMES = {"__import__", "exec", "eval", "compile", "globals", "vars", "locals", "__builtins__"}
+_DOOR_MODULES = {"importlib", "sys", "builtins", "runpy", "inspect", "gc"}
+
+def _code_objects(code):
+    "A code object and the code objects nested in it (inner functions, comprehensions)."
+    yield code
+    for c in code.co_consts:
+        if isinstance(c, types.CodeType): yield from _code_objects(c)
+
+def _origin(obj) -> str:
+    "The name of the module an object comes from ('' when unknown)."
+    if isinstance(obj, types.ModuleType): return obj.__name__
+    m = getattr(obj, "__module__", None)
+    if not isinstance(m, str): m = getattr(type(obj), "__module__", None)
+    return m if isinstance(m, str) else ""
+
+def package_uses(fn, # a function the student wrote
+                 package: str = "uad_notebooks", # the package whose versions the exercise asks the student to write
+                ) -> list[str]:
+    "What `fn`, and the notebook functions it calls, take from `package` or could import it with (empty list: nothing)."
+    inside = lambda mod: mod == package or mod.startswith(package + ".")
+    found, seen, todo = set(), set(), [fn]
+    while todo:
+        f = todo.pop()
+        f = getattr(f, "__func__", f)                      # a bound method: its function
+        code, g = getattr(f, "__code__", None), getattr(f, "__globals__", None)
+        if code is None or g is None or id(f) in seen: continue
+        seen.add(id(f))
+        refs = []
+        for co in _code_objects(code):
+            for n in co.co_names:
+                if n in g: refs.append((n, g[n]))
+                elif inside(n): found.add(f"an import of {n}")   # `import uad_notebooks...` inside the function
+                elif n in _DOOR_NAMES: found.add(f"{n}()")
+        for n, cell in zip(code.co_freevars, f.__closure__ or ()):
+            try: refs.append((n, cell.cell_contents))
+            except ValueError: pass                        # a closure cell not yet filled
+        refs += [("a default argument", v) for v in (f.__defaults__ or ()) + tuple((f.__kwdefaults__ or {}).values())]
+        for n, obj in refs:
+            if inside(_origin(obj)): found.add(f"{n} (from {_origin(obj)})")
+            elif isinstance(obj, types.ModuleType) and obj.__name__ in _DOOR_MODULES: found.add(f"the module {obj.__name__}")
+            elif isinstance(obj, types.FunctionType) and obj.__globals__ is g: todo.append(obj)  # a notebook helper
+    return sorted(found)
+
+def assert_own_code(fn, # the function a check grades
+                    package: str = "uad_notebooks", # the package whose versions the exercise asks the student to write
+                   ):
+    "Raise AssertionError when `fn` calls into `package` (see `package_uses`): the checks grade the student's own code."
+    uses = package_uses(fn, package)
+    if uses:
+        raise AssertionError(f"{getattr(fn, '__name__', fn)} uses {'; '.join(uses)}: write the exercise yourself "
+                             f"(a check earns no points for an answer that calls or imports {package})")
+
+# %% ../nbs/08_course.ipynb #c036
 def main(argv=None) -> int:
     "Entry point of `uad-course`."
     ap = argparse.ArgumentParser(prog="uad-course", description="Course assignments: write student versions, grade submissions.")
