@@ -13,6 +13,7 @@ from functools import partial
 
 import torch
 import torch.nn as nn
+from fastcore.basics import patch
 
 from .masking import patchify, unpatchify, random_masking, mask_to_image
 from .mae import sincos_pos_embed_2d, PatchEmbed, Attention, Mlp, DropPath, Block
@@ -68,7 +69,7 @@ class MemMCMAE(nn.Module):
                  decoder_depth: int = 2,        # decoder blocks
                  decoder_num_heads: int = 4,    # decoder heads
                  mlp_ratio: float = 4.,         # MLP hidden width / width
-                 n_mem: int = 16,               # memory slots per encoder block (template default 40)
+                 n_mem: int = 16,               # memory slots per encoder block (M²'s default: 40)
                  mask_ratio: float = 0.75,      # fraction of patches hidden in training and scoring
                  use_memory: bool = True,       # ablation: False builds the encoder with n_mem=0
                  multi_level: bool = True,      # ablation: False cross-attends to the last encoder level only
@@ -116,7 +117,8 @@ class MemMCMAE(nn.Module):
             elif isinstance(m, nn.LayerNorm): nn.init.ones_(m.weight); nn.init.zeros_(m.bias)
 
 # %% ../nbs/21_memmc_mae.ipynb #c014
-def _forward_encoder(self, x, mask_ratio=None, generator=None, shared_mask=False, return_attn=False):
+@patch
+def forward_encoder(self: MemMCMAE, x, mask_ratio=None, generator=None, shared_mask=False, return_attn=False):
     "x (B, C, H, W) -> (levels: N tensors (B, L_vis, D_dec), mask (B, L) 1=hidden, ids_restore (B, L)[, attn list])."
     r = self.mask_ratio if mask_ratio is None else mask_ratio
     t = self.patch_embed(x) + self.pos_embed                                   # (B, L, D)
@@ -133,16 +135,16 @@ def _forward_encoder(self, x, mask_ratio=None, generator=None, shared_mask=False
         levels.append(self.decoder_embed(self.norm(t)))                        # X^i, (B, L_vis, D_dec)
     if not self.multi_level: levels = levels[-1:]
     return (levels, mask, ids_restore, attns) if return_attn else (levels, mask, ids_restore)
-MemMCMAE.forward_encoder = _forward_encoder
 
-def _check_input(self, x):
+@patch
+def _check_input(self: MemMCMAE, x):
     want = (self.in_chans, self.img_size, self.img_size)
     if x.ndim != 4 or tuple(x.shape[1:]) != want:
         raise ValueError(f"MemMCMAE: x must be (B, {want[0]}, {want[1]}, {want[2]}), got {tuple(x.shape)}")
-MemMCMAE._check_input = _check_input
 
 # %% ../nbs/21_memmc_mae.ipynb #c016
-def _forward_decoder(self, levels, ids_restore, return_gates=False):
+@patch
+def forward_decoder(self: MemMCMAE, levels, ids_restore, return_gates=False):
     "-> pred (B, L, p*p*C)[, gates (B, decoder_depth, N) mean alpha per block and level]."
     y = levels[-1]                                                             # (B, L_vis, D_dec)
     B, L = ids_restore.shape
@@ -154,37 +156,37 @@ def _forward_decoder(self, levels, ids_restore, return_gates=False):
         gates.append(a.mean((2, 3)))                                           # (B, N)
     pred = self.decoder_pred(self.decoder_norm(y))
     return (pred, torch.stack(gates, 1)) if return_gates else pred
-MemMCMAE.forward_decoder = _forward_decoder
 
-def _forward(self, x, mask_ratio=None, generator=None, shared_mask=False):
+@patch
+def forward(self: MemMCMAE, x, mask_ratio=None, generator=None, shared_mask=False):
     "x (B, C, H, W) -> dict(pred (B, L, p*p*C), mask (B, L), gates (B, decoder_depth, N))."
     self._check_input(x)
     levels, mask, ids_restore = self.forward_encoder(x, mask_ratio, generator, shared_mask)
     pred, gates = self.forward_decoder(levels, ids_restore, return_gates=True)
     return dict(pred=pred, mask=mask, gates=gates)
-MemMCMAE.forward = _forward
 
 # %% ../nbs/21_memmc_mae.ipynb #c021
 def masked_mse(pred, target, mask):
     "Mean over hidden patches of the per-patch mean squared error; pred, target (B, L, P), mask (B, L)."
-    e = (pred - target).pow(2).mean(-1)                                        # (B, L)
+    e = (pred - target).pow(2).mean(-1)                                        # $e_j$, (B, L)
+    # $\mathcal L = \sum_j m_j e_j / \sum_j m_j$
     return (e * mask).sum() / mask.sum().clamp_min(1)
 
-def _training_loss(self, batch):
+@patch
+def training_loss(self: MemMCMAE, batch):
     "batch['image'] (B, C, H, W) -> scalar loss on the hidden patches."
     x = batch["image"]
     out = self(x)
     return masked_mse(out["pred"], patchify(x, self.patch_size), out["mask"])
-MemMCMAE.training_loss = _training_loss
 
-def _param_groups(self, weight_decay):
+@patch
+def param_groups(self: MemMCMAE, weight_decay):
     "Optimiser groups: no weight decay on biases, norms, the mask token and the memory slots (our choice)."
     decay, no_decay = [], []
     for n, p in self.named_parameters():
         if not p.requires_grad: continue
         (no_decay if p.ndim < 2 or n.endswith(("mask_token", "m_k", "m_v")) else decay).append(p)
     return [dict(params=decay, weight_decay=weight_decay), dict(params=no_decay, weight_decay=0.)]
-MemMCMAE.param_groups = _param_groups
 
 # %% ../nbs/21_memmc_mae.ipynb #c024
 def top_mean(maps, frac: float = 1.0):
@@ -193,38 +195,42 @@ def top_mean(maps, frac: float = 1.0):
     k = max(1, round(frac * v.shape[1]))
     return v.mean(1) if k == v.shape[1] else v.topk(k, dim=1).values.mean(1)
 
+@patch
 @torch.no_grad()
-def _anomaly_map(self, x):
-    "x (B, C, H, W) -> (B, 1, H, W): squared reconstruction error, averaged over the masks that hid each pixel."
+def anomaly_map(self: MemMCMAE, x):
+    "x (B, C, H, W) -> (B, 1, H, W): squared reconstruction error, averaged over the masks that hid each pixel (ours)."
     self._check_input(x)
     g = torch.Generator().manual_seed(self.eval_seed)                          # CPU draws: same masks on any device
     hidden_err = hidden = all_err = 0.
-    for _ in range(self.n_eval_masks):
+    for _ in range(self.n_eval_masks):                                         # masks k = 1..K
         out = self(x, generator=g, shared_mask=True)
-        rec = unpatchify(out["pred"], self.patch_size, self.in_chans)          # (B, C, H, W)
+        rec = unpatchify(out["pred"], self.patch_size, self.in_chans)          # $\hat x_k$, (B, C, H, W)
+        # $e_k = \mathrm{mean}_c\,(\hat x_k - x)^2$, per pixel
         e = (rec.float() - x.float()).pow(2).mean(1, keepdim=True)             # (B, 1, H, W)
-        mk = mask_to_image(out["mask"], self.patch_size, self.img_size).to(e)  # (B, 1, H, W), 1 = hidden
+        mk = mask_to_image(out["mask"], self.patch_size, self.img_size).to(e)  # $M_k$, (B, 1, H, W), 1 = hidden
+        # running sums $\sum_k M_k \odot e_k$, $\sum_k M_k$ and $\sum_k e_k$
         hidden_err, hidden, all_err = hidden_err + mk * e, hidden + mk, all_err + e
+    # $A(x) = \sum_k M_k \odot e_k / \sum_k M_k$; where no mask hid the pixel, $\frac1K\sum_k e_k$
     return torch.where(hidden > 0, hidden_err / hidden.clamp_min(1), all_err / self.n_eval_masks)
-MemMCMAE.anomaly_map = _anomaly_map
 
+@patch
 @torch.no_grad()
-def _anomaly_score(self, x):
+def anomaly_score(self: MemMCMAE, x):
     "x (B, C, H, W) -> (B,): mean of the anomaly map (of its top `score_top` fraction of pixels)."
     return top_mean(self.anomaly_map(x), self.score_top)
-MemMCMAE.anomaly_score = _anomaly_score
 
+@patch
 @torch.no_grad()
-def _reconstruct(self, x, generator=None):
+def reconstruct(self: MemMCMAE, x, generator=None):
     "One reconstruction under a fresh mask: (x_hat (B, C, H, W), pixel mask (B, 1, H, W))."
     out = self(x, generator=generator)
     return (unpatchify(out["pred"], self.patch_size, self.in_chans),
             mask_to_image(out["mask"], self.patch_size, self.img_size))
-MemMCMAE.reconstruct = _reconstruct
 
 # %% ../nbs/21_memmc_mae.ipynb #c027
+@patch
 @torch.no_grad()
-def _memory_mass_map(self, x):
+def memory_mass_map(self: MemMCMAE, x):
     "Attention mass on memory per encoder block and patch, all patches visible: (B, depth, H/p, W/p)."
     self._check_input(x)
     t, out = self.patch_embed(x) + self.pos_embed, []
@@ -233,16 +239,21 @@ def _memory_mass_map(self, x):
         out.append(memory_mass(w, self.n_mem))                                 # (B, L)
     g = self.img_size // self.patch_size
     return torch.stack(out, 1).reshape(len(x), len(self.blocks), g, g)
-MemMCMAE.memory_mass_map = _memory_mass_map
 
+@patch
 @torch.no_grad()
-def _gate_weights(self, x):
+def gate_weights(self: MemMCMAE, x):
     "Mean gate alpha per decoder block and encoder level under the seeded scoring mask: (decoder_depth, N)."
     self._check_input(x)
     return self(x, generator=torch.Generator().manual_seed(self.eval_seed), shared_mask=True)["gates"].mean(0)
-MemMCMAE.gate_weights = _gate_weights
 
 # %% ../nbs/21_memmc_mae.ipynb #c030
+def _display(img):
+    "An image (C, H, W) for imshow: grey (H, W), or colour (H, W, 3) stretched to [0, 1]."
+    img = img.detach().float().cpu()
+    if img.shape[0] != 3: return img[0]
+    return ((img - img.min()) / (img.max() - img.min()).clamp_min(1e-8)).permute(1, 2, 0)
+
 def plot_memory_mass(model, x_normal, x_abnormal, masks_abnormal, n_show: int = 3):
     "Memory-mass maps (mean over blocks) of normal and abnormal images, and per-block means: lesion vs other patches."
     import matplotlib.pyplot as plt
@@ -256,7 +267,7 @@ def plot_memory_mass(model, x_normal, x_abnormal, masks_abnormal, n_show: int = 
     for r, (xs, mm, name) in enumerate(((x_normal, mn, "normal"), (x_abnormal, ma, "abnormal"))):
         for i in range(n_show):
             a, b = fig.add_subplot(gs[r, 2 * i]), fig.add_subplot(gs[r, 2 * i + 1])
-            a.imshow(xs[i, 0].cpu(), cmap="gray"); a.set_title(f"{name} {i}", fontsize=8)
+            a.imshow(_display(xs[i]), cmap="gray"); a.set_title(f"{name} {i}", fontsize=8)
             if r: a.contour(masks_abnormal[i, 0].cpu(), levels=[0.5], colors="r", linewidths=0.7)
             im = b.imshow(mm[i].mean(0), cmap="magma", vmin=0, vmax=vmax); b.set_title("mass on memory", fontsize=8)
             a.axis("off"); b.axis("off")

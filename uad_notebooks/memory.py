@@ -19,7 +19,7 @@ class MemoryAttention(nn.Module):
     def __init__(self,
                  dim: int,              # token width D
                  num_heads: int = 8,    # heads h; D must divide by h
-                 n_mem: int = 40,       # memory slots m per block (0 = plain attention; 40 = template default)
+                 n_mem: int = 40,       # memory slots m per block (0 = plain attention; 40 = M²'s default)
                  qkv_bias: bool = True, # bias in the q, k, v projection
                  attn_drop: float = 0., # dropout on attention weights (training only)
                  proj_drop: float = 0.):# dropout after the output projection
@@ -30,8 +30,8 @@ class MemoryAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj, self.proj_drop = nn.Linear(dim, dim), nn.Dropout(proj_drop)
         if n_mem:
-            self.m_k = nn.Parameter(torch.randn(1, n_mem, dim) / self.head_dim)  # std 1/d_k (template)
-            self.m_v = nn.Parameter(torch.randn(1, n_mem, dim) / n_mem)          # std 1/m (template)
+            self.m_k = nn.Parameter(torch.randn(1, n_mem, dim) / self.head_dim)  # std 1/d_k (M²'s init)
+            self.m_v = nn.Parameter(torch.randn(1, n_mem, dim) / n_mem)          # std 1/m (M²'s init)
 
     def _heads(self, t):  # (B, L, D) -> (B, h, L, d)
         return t.reshape(t.shape[0], t.shape[1], self.num_heads, self.head_dim).transpose(1, 2)
