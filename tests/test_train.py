@@ -33,6 +33,8 @@ SCRIPT = textwrap.dedent('''
           schedule="cosine", warmup_steps=3, grad_clip=1.0, device="cpu")
     rank = int(os.environ.get("RANK", 0))
     torch.save(m.state_dict(), os.path.join(out, f"final_rank{rank}.pt"))
+    import torch.distributed as dist
+    open(os.path.join(out, f"ddp_rank{rank}.txt"), "w").write(str(dist.is_initialized()))
 ''')
 
 
@@ -68,6 +70,16 @@ def test_ddp_two_ranks_match_one_process(tmp_path):
         assert torch.equal(w2[0][k], w2[1][k]), f"ranks disagree on {k}"
         assert torch.allclose(w1[k], w2[0][k], atol=1e-5), f"DDP differs from one process on {k}"
     assert (two / "train" / "last.pt").exists()
+
+
+def test_torchrun_one_process_runs_the_ddp_path(tmp_path):
+    """`torchrun --nproc_per_node 1` starts the process group (the DDP path), and equals a plain run."""
+    one, tr = tmp_path / "one", tmp_path / "tr"
+    r = _run([one, 0, 0.0, 8, 6], tmp_path); assert r.returncode == 0, r.stderr
+    r = _run([tr, 0, 0.0, 8, 6], tmp_path, torchrun=1); assert r.returncode == 0, r.stdout + r.stderr
+    assert (one / "ddp_rank0.txt").read_text() == "False" and (tr / "ddp_rank0.txt").read_text() == "True"
+    w1, w2 = (torch.load(d / "final_rank0.pt", weights_only=True) for d in (one, tr))
+    for k in w1: assert torch.allclose(w1[k], w2[k], atol=1e-6), k
 
 
 class _AE(torch.nn.Module):

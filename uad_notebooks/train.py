@@ -19,7 +19,7 @@ from .core import get_device, seed_everything
 
 # %% auto #0
 __all__ = ['EpochSampler', 'lr_at', 'default_param_groups', 'save_checkpoint', 'load_checkpoint', 'load_weights', 'dist_info',
-           'init_distributed', 'amp_dtype', 'validation_loss', 'TrainResult', 'train']
+           'under_torchrun', 'init_distributed', 'amp_dtype', 'validation_loss', 'TrainResult', 'train']
 
 # %% ../nbs/05_train.ipynb #c006
 class EpochSampler(Sampler):
@@ -98,10 +98,13 @@ def dist_info() -> tuple[int, int, int]:
     "(rank, local_rank, world_size) from torchrun's environment (0, 0, 1 outside it)."
     return int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
+def under_torchrun() -> bool:
+    "Whether this process was started by torchrun (its environment names a rank and a world size)."
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
 def init_distributed(device: torch.device) -> bool:
-    "Start the process group under torchrun (NCCL on CUDA, gloo on CPU); False outside torchrun."
-    rank, local_rank, world = dist_info()
-    if world <= 1: return False
+    "Start the process group under torchrun, even with one process (NCCL on CUDA, gloo on CPU); False outside torchrun."
+    if not under_torchrun(): return False
     if not dist.is_initialized():
         if device.type == "cuda": torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
@@ -220,6 +223,7 @@ def train(model: nn.Module, # a method: `training_loss(batch)` returns a scalar 
     snapshots = sorted({int(s) for s in snapshots})
     if snapshots and out_dir is None: raise ValueError("snapshots need an out_dir to be written to")
     dev = get_device(device)
+    if dev.type == "cuda" and dev.index is None: dev = torch.device("cuda", dist_info()[1])  # 'cuda' under torchrun: this rank's GPU
     distributed = init_distributed(dev)
     rank, _, world = dist_info() if distributed else (0, 0, 1)
     is_main = rank == 0
@@ -243,7 +247,9 @@ def train(model: nn.Module, # a method: `training_loss(batch)` returns a scalar 
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
     runner = _LossModule(model)
     if distributed:
-        runner = nn.parallel.DistributedDataParallel(runner, device_ids=[dev.index] if dev.type == "cuda" else None)
+        runner = nn.parallel.DistributedDataParallel(runner, device_ids=[dev.index] if dev.type == "cuda" else None,
+                                                     # a growing model trains one resolution's layers at a time
+                                                     find_unused_parameters=getattr(model, "ddp_find_unused_parameters", False))
 
     stage_dir = Path(out_dir) / stage if out_dir is not None else None
     ckpt_path = stage_dir / "last.pt" if stage_dir is not None else None
