@@ -1,16 +1,20 @@
-"""Method 3, Deep Perceptual Autoencoder: public API, VGG slice, weights fallback, growing, protocol, repro smoke."""
-import time, warnings
+"""Method 3, Deep Perceptual Autoencoder: public API, VGG slice, weights fallback, feature statistics, growing, data
+protocol, demo-preset record, repro smoke."""
+import json, time, warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from uad_notebooks.perceptual import (PerceptualLoss, VGG19_LAYERS, vgg19_layer_index, build_vgg19_features,
-                                      load_vgg19_weights, relative_l1, to_vgg_input)
+from uad_notebooks.perceptual import (PerceptualLoss, VGG19_LAYERS, VGG19_STATS, vgg19_layer_index, build_vgg19_features,
+                                      load_imagenet_stats, load_vgg19_weights, relative_l1, to_vgg_input)
 from uad_notebooks.perceptual_ae import (PerceptualAE, dpa_demo, dpa_nih_pa, dpa_camelyon16, dpa_cifar10, stage_steps,
-                                         nih_transform, dpa_datasets, DPA_RECIPES, DEMO_LAYERS, DEMO_SELECTION, NIH_LAYERS)
+                                         nih_transform, dpa_datasets, DPA_RECIPES, DEMO_LAYERS, NIH_LAYERS)
 from uad_notebooks.hparam_search import subject_folds, cross_validate, choose, grid, confined_anomalies
+
+ROOT = Path(__file__).resolve().parents[1]
+SELECTION = ROOT / "benchmarks" / "quality" / "dpa_demo_default" / "selection.json"   # the demo preset's record
 
 
 @pytest.fixture
@@ -131,13 +135,23 @@ def test_presets_shapes_and_budgets():
 
 
 def test_demo_preset_follows_its_selection():
-    """The demo preset is what DEMO_SELECTION chose on validation; the paper's layers stay one argument away."""
+    """The demo preset is what its record (selection.json beside the demo results) chose on validation: the first
+    choice (shallow layers, latent 128), then the later look that re-chose the paper's NIH layers."""
+    import uad_notebooks.perceptual_ae as pae
+    assert not hasattr(pae, "DEMO_SELECTION")                                           # a record, not a module constant
+    rec = json.loads(SELECTION.read_text())
     m = quiet(dpa_demo, vgg_weights="random")
-    chosen = DEMO_SELECTION["chosen"]
+    chosen = rec["chosen"]
     assert m.layers == {int(k): v for k, v in chosen["layers"].items()} == NIH_LAYERS
-    assert m.encoder.last[-1].out_channels == chosen["latent_dim"]
-    pool = DEMO_SELECTION["candidates"] + DEMO_SELECTION["later_look"]["candidates"]
+    assert m.encoder.last[-1].out_channels == chosen["latent_dim"] == 128 and m.loss.value_range == (0.0, 1.0)
+    pool = rec["candidates"] + rec["later_look"]["candidates"]
     assert chosen == max(pool, key=lambda c: c["val_auroc"])                            # the rule: best validation AUROC
+    first = max(rec["candidates"], key=lambda c: c["val_auroc"])                        # the first look alone chose ...
+    assert rec["first_choice"] == first and first["latent_dim"] == 128
+    assert {int(k): v for k, v in first["layers"].items()} == DEMO_LAYERS               # ... the shallow layers
+    assert [c["val_auroc"] for c in rec["candidates"]] == [0.477, 0.494]
+    assert [c["val_auroc"] for c in rec["later_look"]["candidates"]] == [0.564, 0.528, 0.493, 0.51]
+    assert "re-chosen" in rec["later_look"]["decision"] and "never used for a choice" in rec["criterion"]
     assert quiet(dpa_demo, layers=DEMO_LAYERS, vgg_weights="random").layers[64] == "relu1_1"
 
 
@@ -173,7 +187,14 @@ def test_repro_smoke(run_repro):
         assert (out / f).exists(), f
     assert 0.0 <= metrics["per_seed"][0]["val_image"]["auroc"] <= 1.0      # the validation split has both classes
     assert metrics["vgg_layers"] == {str(k): v for k, v in NIH_LAYERS.items()}
-    assert metrics["selection"]["chosen"]["latent_dim"] == metrics["latent_dim"]
+    rec = json.loads(SELECTION.read_text())                                              # the run used the recorded choice
+    assert metrics["selection"]["record"] == str(SELECTION.relative_to(ROOT))
+    assert rec["chosen"]["latent_dim"] == metrics["latent_dim"] and rec["chosen"]["layers"] == metrics["vgg_layers"]
+    assert metrics["stats_kind"] == "fitted" and metrics["value_range"] == [0.0, 1.0]
+    card = {r["point"]: r for r in metrics["protocol"]}                                  # the demo card: rows, no paper protocol
+    assert {"image size", "intensity contract", "VGG19 weights", "VGG feature statistics", "split and its checksums",
+            "training length per stage", "selection", "test crop", "metric"} <= set(card)
+    assert all(r["match"] is None for r in card.values()) and (out / "protocol.md").exists()
     # the oracle: the exact lesion-free twin separates perfectly, a blurred one less; our seed's MSE is recorded
     oracle, layer = metrics["oracle"], metrics["vgg_layers"]["64"]
     assert [r["sigma"] for r in oracle][0] == 0 and oracle[0][layer] == 1.0
@@ -194,17 +215,76 @@ def test_nih_transform_on_real_images(shared_data):
     assert (nih_transform(x, "ap") - nih_transform(x, "pa")).abs().mean() > 0.01
 
 
-def test_camelyon16_patches_stay_rgb(tmp_path):
-    """Camelyon16 is colour pathology: the prepared 192x192 patches reach DPA as 3 x 64 x 64 crops."""
-    import numpy as np
+def _prepared(tmp_path, name, rows, images, steps, params=None):
+    "A prepared folder as data_scripts/<name>.py writes it: PNGs, manifest.csv, provenance.json with the intensity contract."
     from PIL import Image
-    from uad_notebooks.perceptual_ae import dpa_datasets
-    rows = ["split,subject,label,image,mask,brain"]
-    for i, (split, label) in enumerate([("train", 0), ("train", 0), ("test", 0), ("test", 1)]):
-        Image.fromarray((np.random.rand(192, 192, 3) * 255).astype(np.uint8)).save(tmp_path / f"p{i}.png")
-        rows.append(f"{split},slide{i},{label},p{i}.png,,")
-    (tmp_path / "manifest.csv").write_text("\n".join(rows) + "\n")
-    ds = dpa_datasets("camelyon16", data_dir=str(tmp_path))
-    assert ds["val"] is None
+    from uad_notebooks.data import intensity_record
+    (tmp_path / "images").mkdir(exist_ok=True)
+    for f, a in images.items(): Image.fromarray(a).save(tmp_path / "images" / f)
+    (tmp_path / "manifest.csv").write_text("split,subject,label,image,mask,brain,view\n" + "".join(f"{r},\n" if r.count(",") == 5 else f"{r}\n" for r in rows))
+    (tmp_path / "provenance.json").write_text(json.dumps(dict(intensity=intensity_record(name), steps=steps, params=params or {})))
+    return str(tmp_path)
+
+
+def test_camelyon16_patches_stay_rgb_with_the_authors_intensity_map(tmp_path):
+    """Camelyon16 is colour pathology: the prepared 192x192 patches reach DPA as 3 x 64 x 64 crops, each channel mapped
+    by the authors' x / 255 * 2 - 1 (not min-maxed jointly), the test crop central."""
+    rng = np.random.default_rng(0)
+    imgs = {f"p{i}.png": (rng.random((192, 192, 3)) * 255).astype(np.uint8) for i in range(4)}
+    imgs["p3.png"][..., 0] = 10                                                    # a flat red channel
+    rows = [f"{split},slide{i},{label},images/p{i}.png,," for i, (split, label) in enumerate([("train", 0), ("train", 0), ("test", 0), ("test", 1)])]
+    d = _prepared(tmp_path, "camelyon16", rows, imgs, [dict(name="rescale", to=192), dict(name="patches", size=768)])
+    ds = dpa_datasets("camelyon16", data_dir=d)
+    assert ds["val"] is None and ds["value_range"] == (-1.0, 1.0)
     assert ds["test"].images.shape == (2, 3, 64, 64)
     assert ds["train"][0]["image"].shape == (3, 64, 64)
+    want = torch.from_numpy(imgs["p3.png"]).permute(2, 0, 1).float()[:, 64:128, 64:128] * 2 / 255 - 1
+    assert torch.allclose(ds["test"].images[1], want, atol=1e-6)                   # centre crop, per-channel fixed map
+    assert ds["prepared"]["stored_size"] == 192 and ds["intensity"]["name"] == "uint8_to_pm1"
+
+
+def test_nih_loads_the_prepared_chain_once_with_the_authors_map(tmp_path):
+    """NIH images prepared by data_scripts (resize 300, crop 224, [equalise], 64) load as x / 255 * 2 - 1, uncropped
+    again; the view must match the prepared equalisation; the paper presets take [-1, 1] and the demo [0, 1]."""
+    a = (np.arange(64 * 64).reshape(64, 64) % 256).astype(np.uint8)
+    rows = ["train,p0,0,images/a.png,,,PA", "test,p1,0,images/a.png,,,PA", "test,p2,1,images/b.png,,,PA"]
+    pre = dict(name="preprocess", chain="grey 8-bit -> resize 300 bilinear -> centre crop 224 -> resize 64", equalize=False)
+    d = _prepared(tmp_path, "nih_cxr14", rows, {"a.png": a, "b.png": 255 - a}, [pre], dict(img_size=64))
+    ds = dpa_datasets("nih_cxr14", data_dir=d, view="pa")
+    assert torch.allclose(ds["train"].images[0, 0], torch.from_numpy(a).float() * 2 / 255 - 1, atol=1e-6)
+    assert ds["test"].images.shape == (2, 1, 64, 64) and ds["value_range"] == (-1.0, 1.0)
+    with pytest.raises(ValueError, match="equalises the AP view only"): dpa_datasets("nih_cxr14", data_dir=d, view="ap")
+    assert quiet(dpa_nih_pa, vgg_weights="random").loss.value_range == (-1.0, 1.0)
+    assert quiet(dpa_camelyon16, vgg_weights="random").loss.value_range == (-1.0, 1.0)
+    assert quiet(dpa_demo, vgg_weights="random").loss.value_range == (0.0, 1.0)
+
+
+def test_imagenet_weights_use_the_authors_feature_statistics(tmp_path):
+    """With ImageNet weights (a weights file or the hub cache) the loss standardises with the authors' ILSVRC2012
+    statistics shipped with the package (checksum verified); fit_stats keeps them; a random VGG fits its own."""
+    import shutil
+    from importlib.resources import files
+    shipped = Path(str(files("uad_notebooks").joinpath(VGG19_STATS["file"])))
+    import hashlib
+    assert hashlib.sha256(shipped.read_bytes()).hexdigest() == VGG19_STATS["sha256"]
+    st = load_imagenet_stats()
+    # the authors' numbers, spot-checked against the original file's magnitudes (relu1_1 std 0.234..1.113, relu4_2 1.569..5.826)
+    assert st["relu1_1"][1].min().item() == pytest.approx(0.2336, abs=1e-4) and st["relu4_2"][1].max().item() == pytest.approx(5.8261, abs=1e-4)
+    tv = build_vgg19_features(vgg19_layer_index("relu4_2") + 1, seed=5)
+    torch.save({f"features.{k}": v for k, v in tv.state_dict().items()}, tmp_path / "vgg19.pth")
+    loss = PerceptualLoss("relu3_2", weights=tmp_path / "vgg19.pth", max_layer="relu4_2")
+    assert loss.stats_kind == "imagenet" and VGG19_STATS["source_commit"][:7] in loss.stats_source
+    assert torch.equal(loss.std_relu3_2, st["relu3_2"][1]) and torch.equal(loss.mean_relu4_2, st["relu4_2"][0])
+    hub = tmp_path / "hub" / "checkpoints"; hub.mkdir(parents=True)                   # the same file as the hub cache
+    shutil.copy(tmp_path / "vgg19.pth", hub / "vgg19-dcbb9e9d.pth")
+    old = torch.hub.get_dir(); torch.hub.set_dir(str(tmp_path / "hub"))
+    try: m = dpa_nih_pa()
+    finally: torch.hub.set_dir(old)
+    assert m.weights_used.startswith("imagenet") and m.loss.stats_kind == "imagenet"
+    with pytest.warns(UserWarning, match="kept the authors'"): loss.fit_stats(torch.rand(4, 1, 32, 32))
+    assert torch.equal(loss.std_relu3_2, st["relu3_2"][1])
+    rnd = PerceptualLoss("relu3_2", weights="random")
+    assert rnd.stats_kind == "none" and rnd.fit_stats(torch.rand(4, 1, 32, 32)).stats_kind == "fitted"
+    changed = bytearray(shipped.read_bytes()); changed[-300] ^= 1
+    (tmp_path / "s.npz").write_bytes(changed)
+    with pytest.raises(ValueError, match="SHA-256"): load_imagenet_stats(tmp_path / "s.npz")

@@ -15,7 +15,7 @@ __all__ = ['subject_folds', 'confined_anomalies', 'grid', 'cross_validate', 'sum
 
 # %% ../nbs/32_hparam_search.ipynb #c006
 def subject_folds(subjects: list, # subject id of every training normal
-                  n_folds: int = 3, # folds (paper: 3)
+                  n_folds: int = 3, # folds (the authors: 3)
                   val_frac: float = 0.2, # fraction of subjects held out as validation normals in each fold
                   seed: int = 0) -> list[dict]:
     "[{'train': indices, 'val': indices}] per fold, split by subject."
@@ -97,7 +97,7 @@ def dpa_fit_score(train_ds, # training normals (an ArrayDataset)
             torch.manual_seed(seed)
             model = PerceptualAE(**{**fixed, **cfg, "vgg_weights": vgg_weights})
         tr = train_ds.subset(fold["train"])
-        model.loss.fit_stats(tr.images[:256])
+        if model.loss.stats_kind == "none": model.loss.fit_stats(tr.images[:256])  # a random VGG: fit its statistics
         train(model, tr, max_steps=steps_, batch_size=batch_size, lr=lr_, device=device, seed=seed, progress=False)
         normal = predict(model, train_ds.subset(fold["val"]), device=device, maps=False, progress=False).scores
         abn = predict(model, anomalies_ds, device=device, maps=False, progress=False).scores

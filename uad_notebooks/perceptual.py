@@ -4,17 +4,20 @@
 
 # %% ../nbs/30_perceptual_loss.ipynb #c003
 from __future__ import annotations
-import os, warnings
+import hashlib, json, os, warnings
+from importlib.resources import files
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['VGG19_CFG', 'VGG19_LAYERS', 'VGG19_IMAGENET_URL', 'IMAGENET_MEAN', 'IMAGENET_STD', 'vgg19_layer_names',
+__all__ = ['VGG19_CFG', 'VGG19_LAYERS', 'VGG19_IMAGENET_URL', 'IMAGENET_MEAN', 'IMAGENET_STD', 'VGG19_STATS', 'vgg19_layer_names',
            'vgg19_layer_index', 'vgg19_cache_path', 'build_vgg19_features', 'load_vgg19_weights', 'to_vgg_input',
-           'relative_l1', 'PerceptualLoss', 'toy_blur_pairs']
+           'relative_l1', 'convert_authors_stats', 'load_imagenet_stats', 'PerceptualLoss', 'toy_blur_pairs']
 
 # %% ../nbs/30_perceptual_loss.ipynb #c006
 VGG19_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M"]
@@ -96,9 +99,11 @@ def to_vgg_input(x: torch.Tensor, # (B, C, H, W) with C = 1 or 3
     "Map `value_range` to [0, 1], grey to 3 channels, then ImageNet-normalise: (B, 3, H, W)."
     if x.ndim != 4 or x.shape[1] not in (1, 3): raise ValueError(f"x must be (B, 1 or 3, H, W), got {tuple(x.shape)}")
     lo, hi = value_range
+    # $u = (x - lo) / (hi - lo)$  (the authors: $u = 0.5\,x + 0.5$ for $x \in [-1, 1]$)
     x = (x - lo) / (hi - lo)
     if x.shape[1] == 1: x = x.expand(-1, 3, -1, -1)
     mean, std = x.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1), x.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    # $v_c = (u_c - \mu^{\text{ImageNet}}_c) / \sigma^{\text{ImageNet}}_c$
     return (x - mean) / std
 
 # %% ../nbs/30_perceptual_loss.ipynb #c020
@@ -109,27 +114,92 @@ def relative_l1(f_real: torch.Tensor, # (B, C, h, w) features of the real image
                 eps: float = 1e-8) -> torch.Tensor:
     "Relative L1 `|f_real - f_fake|_1 / |f_real|_1` per image; the denominator carries no gradient."
     if f_real.shape != f_fake.shape: raise ValueError(f"feature shapes differ: {tuple(f_real.shape)} vs {tuple(f_fake.shape)}")
+    # $d = \mathrm{mean}_{c,h,w} |f(x)|$, detached
     denom = f_real.detach().abs().mean(dim=(1, 2, 3)).clamp_min(eps) if relative else f_real.new_ones(len(f_real))  # (B,)
-    diff = (f_real - f_fake).abs()
+    diff = (f_real - f_fake).abs()                                   # |f(x) - f(x_hat)|, (B, C, h, w)
     if reduction == "pixel": return diff.mean(1, keepdim=True) / denom.view(-1, 1, 1, 1)
+    # $L = \mathrm{mean}_{c,h,w} |f(x) - f(\hat x)| \,/\, d$
     per_image = diff.mean(dim=(1, 2, 3)) / denom
     if reduction == "none": return per_image
     if reduction == "mean": return per_image.mean()
     raise ValueError(f"reduction={reduction!r}; use 'mean', 'none' or 'pixel'")
 
-# %% ../nbs/30_perceptual_loss.ipynb #c026
+# %% ../nbs/30_perceptual_loss.ipynb #c025
+VGG19_STATS = dict(  # where the shipped standardisation statistics come from (the conversion: convert_authors_stats)
+    file="assets/vgg19_ilsvrc2012_stats.npz",
+    sha256="0b41e2a324d239eea40bcf88c78992741b5102d354dc2f04b08464d86cc1206f",
+    source_repository="https://github.com/ninatu/anomaly_detection",
+    source_commit="6fa35f3fd35976ce2b857801d288e17f454241b9",
+    source_path="anomaly_detection/dpa/data/vgg19_ILSVRC2012_object_detection_mean_var.pt",
+    source_sha256="f0c8f0ce94a9239176103a71ad457af705721530889eb5cc9e77dfc73b01b38c",
+    source_git_blob="20c6775aaad0f763bbf7c3f7f1b38f5e68255e1c",
+    licence="Apache-2.0 (the LICENSE of ninatu/anomaly_detection); numbers converted, not changed",
+    second_tensor="a standard deviation, not a variance (bound check in 30_perceptual_loss)",
+)
+
+def _sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""): h.update(chunk)
+    return h.hexdigest()
+
+def _authors_name(key: str) -> str | None:
+    "The authors' layer key ('c32', 'r42', 'p1') as ours ('conv3_2', 'relu4_2'); None for a pool."
+    if len(key) == 3 and key[0] in "cr" and key[1:].isdigit(): return f"{'conv' if key[0] == 'c' else 'relu'}{key[1]}_{key[2]}"
+    return None
+
+def convert_authors_stats(src, # the authors' `vgg19_ILSVRC2012_object_detection_mean_var.pt`
+                          dst, # the .npz to write
+                          expected_sha256: str | None = VGG19_STATS["source_sha256"], # None: skip the source check
+                         ) -> str:
+    "Write the authors' per-channel (mean, std) of every VGG19 conv / ReLU output as float32 arrays; return dst's SHA-256."
+    if expected_sha256 and _sha256(src) != expected_sha256:
+        raise ValueError(f"{src}: SHA-256 {_sha256(src)} is not the authors' file at the pinned commit ({expected_sha256})")
+    d = torch.load(src, map_location="cpu", weights_only=True)
+    # channels of every conv / ReLU output: conv1_1, relu1_1, conv1_2, ... take each width of VGG19_CFG twice
+    width = dict(zip([n for n in VGG19_LAYERS if not n.startswith("pool")], [v for v in VGG19_CFG if v != "M" for _ in (0, 1)]))
+    arrays, names = {}, []
+    for key in sorted(d, key=lambda k: VGG19_LAYERS.index(_authors_name(k)) if _authors_name(k) else 99):
+        name = _authors_name(key)
+        if name is None: continue
+        mean, std = d[key]
+        for what, t in (("mean", mean), ("std", std)):
+            if tuple(t.shape) != (1, width[name], 1, 1): raise ValueError(f"{src}: {key} {what} has shape {tuple(t.shape)}, expected (1, {width[name]}, 1, 1)")
+            arrays[f"{name}.{what}"] = t.detach().reshape(-1).numpy().astype(np.float32)
+        names.append(name)
+    meta = {k: v for k, v in VGG19_STATS.items() if k.startswith("source") or k in ("licence", "second_tensor")}
+    meta.update(source_sha256=_sha256(src), layers=names, converted="'c<K><L>' -> 'conv<K>_<L>', 'r<K><L>' -> 'relu<K>_<L>'; "
+                "(1, C, 1, 1) -> (C,) float32; pools left out")
+    np.savez(dst, meta=np.array(json.dumps(meta, sort_keys=True)), **arrays)
+    return _sha256(dst)
+
+def load_imagenet_stats(path=None, # default: the file shipped with the package
+                        sha256: str | None = VGG19_STATS["sha256"], # expected SHA-256 (None: no check)
+                       ) -> dict:
+    "{layer: (mean (C,), std (C,))} of the authors' ImageNet statistics, after checking the file's SHA-256."
+    path = Path(path) if path is not None else Path(str(files("uad_notebooks").joinpath(VGG19_STATS["file"])))
+    if not path.is_file(): raise FileNotFoundError(f"{path}: the VGG19 feature statistics file is missing (reinstall the package)")
+    if sha256 and _sha256(path) != sha256:
+        raise ValueError(f"{path}: SHA-256 {_sha256(path)} differs from the recorded {sha256}: the statistics file was changed")
+    with np.load(path, allow_pickle=False) as z:
+        layers = sorted({k.rsplit(".", 1)[0] for k in z.files if k != "meta"}, key=VGG19_LAYERS.index)
+        return {n: (torch.from_numpy(z[f"{n}.mean"].copy()), torch.from_numpy(z[f"{n}.std"].copy())) for n in layers}
+
+# %% ../nbs/30_perceptual_loss.ipynb #c032
 class PerceptualLoss(nn.Module):
     "Relative L1 between standardised VGG19 features of `x` (real) and `x_hat` (reconstruction), at one layer."
     def __init__(self,
-                 layer: str = "relu3_2", # default VGG19 layer (paper: relu3_2 for NIH PA/AP, relu4_2 for Camelyon16)
+                 layer: str = "relu3_2", # default VGG19 layer (the authors: relu3_2 for NIH PA/AP, relu4_2 for Camelyon16)
                  weights: str | os.PathLike = "imagenet", # "imagenet" (cache, else seeded random + warning), "random", or a file
                  allow_download: bool = False, # with weights="imagenet": download from torchvision when not cached
                  max_layer: str | None = None, # deepest layer that may be asked for later (progressive growing)
                  value_range: tuple = (0.0, 1.0), # intensity range of the images (mapped to [0, 1] for VGG)
                  seed: int = 0, # seed of the random VGG
-                 min_std: float = 1e-2, # floor of a channel's std, relative to the layer's median std
+                 min_std: float = 1e-2, # floor of a fitted channel's std, relative to the layer's median std
+                 stats: str = "auto", # "auto": the authors' ImageNet statistics with ImageNet (or file) weights, none with a random VGG; "imagenet"; "none"
                 ):
         super().__init__()
+        if stats not in ("auto", "imagenet", "none"): raise ValueError(f"stats={stats!r}; use 'auto', 'imagenet' or 'none'")
         deepest = max(vgg19_layer_index(layer), vgg19_layer_index(max_layer or layer))
         self.layer, self.value_range, self.min_std = layer, tuple(value_range), min_std
         self.features = build_vgg19_features(deepest + 1, seed=seed)
@@ -139,14 +209,16 @@ class PerceptualLoss(nn.Module):
         for n in self.relus:
             c = self.features[vgg19_layer_index(n) - 1].out_channels
             self.register_buffer(f"mean_{n}", torch.zeros(c)); self.register_buffer(f"std_{n}", torch.ones(c))
-        self.stats_source = "none (mean 0, std 1)"
+        self.stats_kind, self.stats_source = "none", "none (mean 0, std 1): a random VGG; fit_stats(training images) sets them"
+        if stats == "imagenet" or (stats == "auto" and not self.weights_used.startswith("random")): self.use_imagenet_stats()
 
     def train(self, mode: bool = True):
         "The VGG stays in eval mode whatever the parent module does."
         super().train(mode); self.features.eval(); return self
 
-# %% ../nbs/30_perceptual_loss.ipynb #c028
-def _features(self, x: torch.Tensor, layers=None, standardize: bool = True) -> dict:
+# %% ../nbs/30_perceptual_loss.ipynb #c034
+@patch
+def features_of(self: PerceptualLoss, x: torch.Tensor, layers=None, standardize: bool = True) -> dict:
     "Standardised VGG19 features {layer: (B, C, h, w)} of images `x` (B, C, H, W) in `value_range`."
     layers = [self.layer] if layers is None else ([layers] if isinstance(layers, str) else list(layers))
     for n in layers:
@@ -156,25 +228,42 @@ def _features(self, x: torch.Tensor, layers=None, standardize: bool = True) -> d
         h = m(h)
         if i in idx:
             n = idx[i]
+            # $\tilde f_c = (f_c - \mu_c) / \sigma_c$
             out[n] = (h - getattr(self, f"mean_{n}").view(1, -1, 1, 1)) / getattr(self, f"std_{n}").view(1, -1, 1, 1) if standardize else h
     return out
 
-def _forward(self, x: torch.Tensor, x_hat: torch.Tensor, reduction: str = "mean", layer: str | None = None,
-             relative: bool = True) -> torch.Tensor:
+@patch
+def forward(self: PerceptualLoss, x: torch.Tensor, x_hat: torch.Tensor, reduction: str = "mean", layer: str | None = None,
+            relative: bool = True) -> torch.Tensor:
     "Relative perceptual L1 of reconstruction `x_hat` against real image `x` at `layer` (default `self.layer`)."
     if x.shape != x_hat.shape: raise ValueError(f"x and x_hat shapes differ: {tuple(x.shape)} vs {tuple(x_hat.shape)}")
     layer = layer or self.layer
-    with torch.no_grad(): f_real = self.features_of(x, [layer])[layer]
+    with torch.no_grad(): f_real = self.features_of(x, [layer])[layer]   # the real image's features need no gradient
     return relative_l1(f_real, self.features_of(x_hat, [layer])[layer], reduction, relative)
 
-PerceptualLoss.features_of, PerceptualLoss.forward = _features, _forward
+# %% ../nbs/30_perceptual_loss.ipynb #c036
+@patch
+def use_imagenet_stats(self: PerceptualLoss) -> PerceptualLoss:
+    "Set every layer's statistics to the authors' ImageNet (ILSVRC2012) constants shipped with the package."
+    st = load_imagenet_stats()
+    for k in self.relus: getattr(self, f"mean_{k}").copy_(st[k][0]); getattr(self, f"std_{k}").copy_(st[k][1])
+    self.stats_kind = "imagenet"
+    self.stats_source = (f"authors' ImageNet (ILSVRC2012) statistics: {VGG19_STATS['source_repository']} "
+                         f"@{VGG19_STATS['source_commit'][:7]} {VGG19_STATS['source_path']}, shipped as "
+                         f"{VGG19_STATS['file']} (sha256 {VGG19_STATS['sha256'][:12]}..., verified)")
+    return self
 
-# %% ../nbs/30_perceptual_loss.ipynb #c030
+@patch
 @torch.no_grad()
-def _fit_stats(self, images, # tensor (N, C, H, W), or an iterable of such batches / of dataset-item dicts
-               max_images: int | None = 512, # stop after this many images
-               source: str = "training images") -> "PerceptualLoss":
-    "Set each channel's mean and std from the VGG features of `images` (the documented stand-in for ImageNet statistics)."
+def fit_stats(self: PerceptualLoss, images, # tensor (N, C, H, W), or an iterable of such batches / of dataset-item dicts
+              max_images: int | None = 512, # stop after this many images
+              source: str = "training images",
+              force: bool = False) -> PerceptualLoss: # True: replace the authors' statistics of an ImageNet VGG too
+    "Set each channel's mean and std from the VGG features of `images` (for a random VGG, which has no published ones)."
+    if self.stats_kind == "imagenet" and not force:
+        warnings.warn("PerceptualLoss.fit_stats: kept the authors' ImageNet statistics (the paper's); pass force=True "
+                      "to replace them by statistics of these images", UserWarning, stacklevel=2)
+        return self
     batches = images.split(64) if torch.is_tensor(images) else images
     s1, s2, n, seen, dev = {}, {}, {}, 0, next(self.buffers()).device
     for b in batches:
@@ -188,28 +277,29 @@ def _fit_stats(self, images, # tensor (N, C, H, W), or an iterable of such batch
         if max_images and seen >= max_images: break
     if not seen: raise ValueError("fit_stats got no images")
     for k in self.relus:
+        # $\mu_c = \overline{f_c}$, $\sigma_c = \sqrt{\overline{f_c^2} - \mu_c^2}$ over images and positions
         mean = s1[k] / n[k]; std = (s2[k] / n[k] - mean ** 2).clamp_min(0).sqrt()
-        std = std.clamp_min(self.min_std * std.median().clamp_min(1e-12))
+        std = std.clamp_min(self.min_std * std.median().clamp_min(1e-12))   # a dead channel must not divide by ~0
         getattr(self, f"mean_{k}").copy_(mean.float()); getattr(self, f"std_{k}").copy_(std.float())
-    self.stats_source = f"estimated on {seen} {source}"
+    self.stats_kind, self.stats_source = "fitted", f"estimated on {seen} {source}"
     return self
 
-def _save_stats(self, path):
+@patch
+def save_stats(self: PerceptualLoss, path):
     "Write the standardisation statistics as {layer: (mean, std)}."
     torch.save({k: (getattr(self, f"mean_{k}"), getattr(self, f"std_{k}")) for k in self.relus}, path)
 
-def _load_stats(self, path):
+@patch
+def load_stats(self: PerceptualLoss, path):
     "Read statistics written by `save_stats` (or any {layer: (mean, std)} file) for the layers this loss computes."
     d = torch.load(path, map_location="cpu", weights_only=True)
     missing = [k for k in self.relus if k not in d]
     if missing: raise ValueError(f"{path}: no statistics for layers {missing}")
     for k in self.relus: getattr(self, f"mean_{k}").copy_(d[k][0]); getattr(self, f"std_{k}").copy_(d[k][1])
-    self.stats_source = f"file ({path})"
+    self.stats_kind, self.stats_source = "file", f"file ({path})"
     return self
 
-PerceptualLoss.fit_stats, PerceptualLoss.save_stats, PerceptualLoss.load_stats = _fit_stats, _save_stats, _load_stats
-
-# %% ../nbs/30_perceptual_loss.ipynb #c037
+# %% ../nbs/30_perceptual_loss.ipynb #c046
 def toy_blur_pairs(n: int = 48, # number of images (every second one abnormal)
                    size: int = 64, seed: int = 0,
                    blob_contrast: float = 0.25, # intensity added inside the blob

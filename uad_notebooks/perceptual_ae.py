@@ -4,19 +4,21 @@
 
 # %% ../nbs/31_perceptual_ae.ipynb #c003
 from __future__ import annotations
-import math
+import json, math
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from fastcore.basics import patch
 from scipy import ndimage
 
 from .metrics import image_metrics
 from .perceptual import PerceptualLoss, relative_l1, vgg19_layer_index
 
 # %% auto #0
-__all__ = ['NIH_LAYERS', 'CIFAR10_CFG', 'DEMO_LAYERS', 'DEMO_SELECTION', 'DPA_RECIPES', 'lrelu', 'PreActBlock', 'init_weights',
+__all__ = ['NIH_LAYERS', 'PAPER_VALUE_RANGE', 'CIFAR10_CFG', 'DEMO_LAYERS', 'DPA_RECIPES', 'lrelu', 'PreActBlock', 'init_weights',
            'PGEncoder', 'PGDecoder', 'stage_names', 'parse_stage', 'default_layers', 'PerceptualAE', 'resize_to',
            'dpa_nih_pa', 'dpa_nih_ap', 'dpa_nih_subset', 'dpa_camelyon16', 'dpa_cifar10', 'dpa_demo', 'stage_steps',
            'center_crop', 'equalize_histogram', 'nih_transform', 'camelyon_train_crop', 'dpa_datasets', 'blur_oracle']
@@ -43,7 +45,7 @@ class PreActBlock(nn.Module):
         return self.skip(self._resample(x)) + h
 
 def init_weights(m: nn.Module):
-    "Kaiming-normal (fan-out, leaky ReLU a=0.2) for every convolution (spec A.3)."
+    "Kaiming-normal (fan-out, leaky ReLU a=0.2) for every convolution (`dpa/pg_encoders.py` `_init_layers` @6fa35f3)."
     if isinstance(m, nn.Conv2d): nn.init.kaiming_normal_(m.weight, a=0.2, mode="fan_out", nonlinearity="leaky_relu")
 
 # %% ../nbs/31_perceptual_ae.ipynb #c009
@@ -76,6 +78,7 @@ class PGEncoder(nn.Module):
     def forward(self, x, res: int, alpha: float = 1.0):  # (B, C, res, res) -> (B, latent_dim, latent_res, latent_res)
         h = self.from_rgb[str(res)](x)
         if alpha < 1:  # fade in: the old input path at res/2 beside the new one
+            # $h = (1-\alpha)\,\mathrm{fromRGB}_{r/2}(\mathrm{avgpool}(x)) + \alpha\,\mathrm{down}_r(\mathrm{fromRGB}_r(x))$
             h = (1 - alpha) * self.from_rgb[str(res // 2)](F.avg_pool2d(x, 2)) + alpha * self.down[str(res)](h)
             res //= 2
         while res > self.bottom: h = self.down[str(res)](h); res //= 2
@@ -101,6 +104,7 @@ class PGDecoder(nn.Module):
             if r == res and alpha < 1: old = F.interpolate(self.to_rgb[str(r // 2)](h), scale_factor=2, mode="nearest")
             h = self.up[str(r)](h)
         out = self.to_rgb[str(res)](h)
+        # $\hat x = (1-\alpha)\,\mathrm{up}(\mathrm{toRGB}_{r/2}(h_{r/2})) + \alpha\,\mathrm{toRGB}_r(h_r)$
         return out if old is None else (1 - alpha) * old + alpha * out
 
 # %% ../nbs/31_perceptual_ae.ipynb #c014
@@ -116,7 +120,7 @@ def parse_stage(name: str) -> tuple[int, bool]:
     return int(name[4:]), name.startswith("trns")
 
 def default_layers(start_res: int, img_size: int, final: str = "relu3_2") -> dict:
-    "VGG19 layer per resolution: relu1_2 at 8, relu2_2 at 16, relu3_2 above; `final` at `img_size` (spec A.3)."
+    "VGG19 layer per resolution: relu1_2 at 8, relu2_2 at 16, relu3_2 above; `final` at `img_size` (the NIH configs)."
     out, r = {}, start_res
     while r <= img_size: out[r] = "relu1_2" if r <= 8 else "relu2_2" if r <= 16 else "relu3_2"; r *= 2
     out[img_size] = final
@@ -136,9 +140,10 @@ class PerceptualAE(nn.Module):
                  layers: dict | None = None, # VGG19 layer per resolution (default: `default_layers`)
                  vgg_weights: str = "imagenet", # 'imagenet' (cache, else seeded random + warning), 'random' or a file
                  allow_download: bool = False, # let torchvision download the ImageNet VGG19 when not cached
-                 value_range: tuple = (0.0, 1.0), # intensity range of the images
-                 smooth_pg: bool = True, # blend the previous stage's loss while fading in (spec A.4.6)
+                 value_range: tuple = (0.0, 1.0), # intensity range of the images (the paper's datasets: (-1, 1))
+                 smooth_pg: bool = True, # blend the previous stage's loss while fading in (`use_smooth_pg` in the configs)
                  vgg_seed: int = 0, # seed of the random VGG fallback
+                 vgg_stats: str = "auto", # feature statistics: "auto" (the authors' with ImageNet weights), "imagenet" or "none"
                  score: str = "relative", # anomaly score: "relative" (paper) or "absolute" (ablation: no denominator)
                 ):
         super().__init__()
@@ -153,7 +158,7 @@ class PerceptualAE(nn.Module):
         self.apply(init_weights)
         deepest = max(self.layers.values(), key=vgg19_layer_index)
         self.loss = PerceptualLoss(self.layers[img_size], vgg_weights, allow_download, max_layer=deepest,
-                                   value_range=value_range, seed=vgg_seed)
+                                   value_range=value_range, seed=vgg_seed, stats=vgg_stats)
         self.set_stage(self.stages[-1])
 
     @property
@@ -177,88 +182,97 @@ def resize_to(x: torch.Tensor, res: int) -> torch.Tensor:
     if x.shape[-1] == res and x.shape[-2] == res: return x
     return F.interpolate(x, size=(res, res), mode="bilinear", align_corners=False, antialias=res < x.shape[-1])
 
-def _stage_input(self, x: torch.Tensor) -> torch.Tensor:
+def _check_input(model, x, full=True):
+    "`x` as the model takes it: (B, in_chans, H, W), and img_size x img_size when `full`."
+    if x.ndim != 4 or x.shape[1] != model.in_chans: raise ValueError(f"expected images (B, {model.in_chans}, H, W), got {tuple(x.shape)}")
+    if full and x.shape[-2:] != (model.img_size, model.img_size):
+        raise ValueError(f"expected {model.img_size}x{model.img_size} images, got {tuple(x.shape[-2:])}")
+    return x
+
+@patch
+def stage_input(self: PerceptualAE, x: torch.Tensor) -> torch.Tensor:
     "The batch as the current stage sees it."
     x_r = resize_to(x, self.res)
     if self.fading and self.alpha < 1:
+        # $x_r \leftarrow \alpha\,x_r + (1-\alpha)\,\mathrm{up}(x_{r/2})$
         x_r = self.alpha * x_r + (1 - self.alpha) * F.interpolate(resize_to(x, self.res // 2), scale_factor=2, mode="nearest")
     return x_r
 
-def _forward(self, x: torch.Tensor, res: int | None = None, alpha: float | None = None) -> torch.Tensor:
+@patch
+def forward(self: PerceptualAE, x: torch.Tensor, res: int | None = None, alpha: float | None = None) -> torch.Tensor:
     "Reconstruction of `x` (B, C, res, res) at resolution `res` (default: the current stage's)."
     res = self.res if res is None else res
     alpha = (self.alpha if res == self.res else 1.0) if alpha is None else alpha
     if x.shape[-1] != res: raise ValueError(f"input is {x.shape[-1]}x{x.shape[-2]} but the resolution is {res}")
-    return self.decoder(self.encoder(x, res, alpha), res, alpha)
+    return self.decoder(self.encoder(x, res, alpha), res, alpha)   # x_hat = D(E(x))
 
-def _training_loss(self, batch: dict) -> dict:
+@patch
+def training_loss(self: PerceptualAE, batch: dict) -> dict:
     "Relative perceptual L1 of the current stage (blended while fading in)."
     x = _check_input(self, batch["image"], full=False)
     x_r = self.stage_input(x)
     x_hat = self(x_r)
+    # $L_{\text{layer}(r)}(x, \hat x)$
     loss = self.loss(x_r, x_hat, layer=self.layers[self.res])
     if self.fading and self.smooth_pg and self.alpha < 1:
         down = lambda t: resize_to(t, self.res // 2)
+        # $L = (1-\alpha)\,L_{\text{layer}(r/2)}(\text{down}(x), \text{down}(\hat x)) + \alpha\,L_{\text{layer}(r)}(x, \hat x)$
         loss = (1 - self.alpha) * self.loss(down(x_r), down(x_hat), layer=self.layers[self.res // 2]) + self.alpha * loss
     return {"loss": loss, "alpha": torch.tensor(self.alpha), "res": torch.tensor(float(self.res))}
 
-def _check_input(self, x, full=True):
-    if x.ndim != 4 or x.shape[1] != self.in_chans: raise ValueError(f"expected images (B, {self.in_chans}, H, W), got {tuple(x.shape)}")
-    if full and x.shape[-2:] != (self.img_size, self.img_size):
-        raise ValueError(f"expected {self.img_size}x{self.img_size} images, got {tuple(x.shape[-2:])}")
-    return x
-
-PerceptualAE.stage_input, PerceptualAE.forward, PerceptualAE.training_loss = _stage_input, _forward, _training_loss
-
 # %% ../nbs/31_perceptual_ae.ipynb #c021
+@patch
 @torch.no_grad()
-def _anomaly_score(self, x: torch.Tensor) -> torch.Tensor:
+def anomaly_score(self: PerceptualAE, x: torch.Tensor) -> torch.Tensor:
     "Relative perceptual L1 between x and its reconstruction at the final resolution: (B,), higher = more abnormal."
     x = _check_input(self, x)
+    # $s(x) = \mathrm{mean}|f(x) - f(D(E(x)))| \,/\, \mathrm{mean}|f(x)|$ at the final layer
     return self.loss(x, self(x, res=self.img_size, alpha=1.0), reduction="none", layer=self.layers[self.img_size],
                      relative=self.score == "relative")
 
+@patch
 @torch.no_grad()
-def _anomaly_map(self, x: torch.Tensor) -> torch.Tensor:
+def anomaly_map(self: PerceptualAE, x: torch.Tensor) -> torch.Tensor:
     "EXTRA (not evaluated in the paper): per-position feature difference / mean |f(x)|, upsampled to (B, 1, H, W)."
     x = _check_input(self, x)
     layer = self.layers[self.img_size]
     f = self.loss.features_of(torch.cat([x, self(x, res=self.img_size, alpha=1.0)]), [layer])[layer]
-    m = relative_l1(f[:len(x)], f[len(x):], reduction="pixel")
+    m = relative_l1(f[:len(x)], f[len(x):], reduction="pixel")   # (B, 1, h, w)
     return F.interpolate(m, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
+@patch
 @torch.no_grad()
-def _reconstruct(self, x: torch.Tensor, res: int | None = None) -> tuple:
+def reconstruct(self: PerceptualAE, x: torch.Tensor, res: int | None = None) -> tuple:
     "(input at `res`, reconstruction at `res`) for pictures; `res` defaults to the current stage's."
     res = self.res if res is None else res
     x_r = resize_to(_check_input(self, x, full=False), res)
     return x_r, self(x_r, res=res, alpha=1.0)
 
-PerceptualAE.anomaly_score, PerceptualAE.anomaly_map, PerceptualAE.reconstruct = _anomaly_score, _anomaly_map, _reconstruct
-
 # %% ../nbs/31_perceptual_ae.ipynb #c026
 NIH_LAYERS = {8: "relu1_2", 16: "relu2_2", 32: "relu3_2", 64: "relu3_2"}
+PAPER_VALUE_RANGE = (-1.0, 1.0)  # ToTensor + Normalize(0.5, 0.5): the authors' images, and our loaders' for their datasets
 
 def dpa_nih_pa(**kw) -> PerceptualAE:
-    "NIH ChestX-ray14 PA: 1x64x64, latent 16x1x1, widths 16, growing 8 -> 64, relu3_2 at 64."
+    "NIH ChestX-ray14 PA: 1x64x64 in [-1, 1], latent 16x1x1, widths 16, growing 8 -> 64, relu3_2 at 64."
     return PerceptualAE(**{**dict(img_size=64, in_chans=1, latent_dim=16, latent_res=1, enc_dims=(16,) * 5, dec_dims=(16,) * 5,
-                                  start_res=8, layers=NIH_LAYERS), **kw})
+                                  start_res=8, layers=NIH_LAYERS, value_range=PAPER_VALUE_RANGE), **kw})
 
 def dpa_nih_ap(**kw) -> PerceptualAE:
     "NIH ChestX-ray14 AP: latent 64x1x1, widths 32,32,64,64,64 (encoder) / 64,64,64,32,32 (decoder); hist-eq input."
     return PerceptualAE(**{**dict(img_size=64, in_chans=1, latent_dim=64, latent_res=1, enc_dims=(32, 32, 64, 64, 64),
-                                  dec_dims=(64, 64, 64, 32, 32), start_res=8, layers=NIH_LAYERS), **kw})
+                                  dec_dims=(64, 64, 64, 32, 32), start_res=8, layers=NIH_LAYERS, value_range=PAPER_VALUE_RANGE), **kw})
 
 def dpa_nih_subset(**kw) -> PerceptualAE:
     "NIH 'subset' of the authors: as PA but relu4_2 at 64x64."
     return dpa_nih_pa(**{"layers": {**NIH_LAYERS, 64: "relu4_2"}, **kw})
 
 def dpa_camelyon16(**kw) -> PerceptualAE:
-    "Camelyon16: 3x64x64, latent 4x8x8, widths 4, growing 16 -> 64, relu3_2 at 16/32 and relu4_2 at 64."
+    "Camelyon16: 3x64x64 in [-1, 1], latent 4x8x8, widths 4, growing 16 -> 64, relu3_2 at 16/32 and relu4_2 at 64."
     return PerceptualAE(**{**dict(img_size=64, in_chans=3, latent_dim=4, latent_res=8, enc_dims=(4,) * 4, dec_dims=(4,) * 4,
-                                  start_res=16, layers={16: "relu3_2", 32: "relu3_2", 64: "relu4_2"}), **kw})
+                                  start_res=16, layers={16: "relu3_2", 32: "relu3_2", 64: "relu4_2"},
+                                  value_range=PAPER_VALUE_RANGE), **kw})
 
-CIFAR10_CFG = {  # class: (lr, enc dims, dec dims, latent, layer, iterations), spec A.3 [CFG]
+CIFAR10_CFG = {  # class: (lr, enc dims, dec dims, latent, layer, iterations): configs/dpa/cifar10/final/wo_pg/class_<k>/run_0 @6fa35f3
     0: (2e-3, (32,) * 4, (32,) * 4, 32, "relu3_2", 5666), 1: (1e-2, (8,) * 4, (8,) * 4, 8, "relu4_2", 7333),
     2: (5e-3, (16,) * 4, (16,) * 4, 16, "relu4_2", 5000), 3: (2e-4, (32, 64, 128, 256), (256, 128, 64, 32), 256, "relu3_2", 4666),
     4: (5e-3, (16,) * 4, (16,) * 4, 16, "relu3_2", 6666), 5: (1e-2, (8,) * 4, (8,) * 4, 8, "relu4_2", 4666),
@@ -266,49 +280,19 @@ CIFAR10_CFG = {  # class: (lr, enc dims, dec dims, latent, layer, iterations), s
     8: (1e-2, (8,) * 4, (8,) * 4, 8, "relu4_2", 8000), 9: (1e-2, (8,) * 4, (8,) * 4, 8, "relu4_2", 5000)}
 
 def dpa_cifar10(normal_class: int = 0, **kw) -> PerceptualAE:
-    "CIFAR-10 one-vs-rest: 3x32x32, no growing, the authors' per-class widths, latent and layer."
+    "CIFAR-10 one-vs-rest: 3x32x32 in [-1, 1], no growing, the authors' per-class widths, latent and layer."
     if normal_class not in CIFAR10_CFG: raise ValueError(f"normal_class must be 0..9, got {normal_class!r}")
     _, e, d, lat, layer, _ = CIFAR10_CFG[normal_class]
     return PerceptualAE(**{**dict(img_size=32, in_chans=3, latent_dim=lat, latent_res=1, enc_dims=e, dec_dims=d, start_res=32,
-                                  layers={32: layer}), **kw})
+                                  layers={32: layer}, value_range=PAPER_VALUE_RANGE), **kw})
 
-DEMO_LAYERS = {8: "relu1_2", 16: "relu1_2", 32: "relu1_2", 64: "relu1_1"}  # ours, for a RANDOM VGG (see below)
+DEMO_LAYERS = {8: "relu1_2", 16: "relu1_2", 32: "relu1_2", 64: "relu1_1"}  # the first demo choice, since replaced (see below)
 
 def dpa_demo(**kw) -> PerceptualAE:
-    "The demo brain slices (1x64x64): the NIH PA architecture growing 8 -> 64 with the paper's NIH layers, latent 128."
-    return dpa_nih_pa(**{"layers": NIH_LAYERS, "latent_dim": 128, **kw})
+    "The demo brain slices (1x64x64 in [0, 1]): the NIH PA architecture growing 8 -> 64 with the paper's NIH layers, latent 128."
+    return dpa_nih_pa(**{"layers": NIH_LAYERS, "latent_dim": 128, "value_range": (0.0, 1.0), **kw})
 
-DEMO_SELECTION = dict(  # how the demo preset was chosen: measured once (2026-11-23) by a script doing what the slow
-                        # cell of 32_hparam_search does (same models, seed, data and score); reproduce with that cell
-    criterion="image AUROC of the paper's relative score on the demo's default validation split (222 normal, 90 "
-              "abnormal slices, 26 subjects, all lesion kinds); the test split was never used for a choice",
-    protocol="ours, after the paper's (spec A.7): one validation split instead of 3 folds over training normals, and "
-             "all validation lesion kinds instead of one (the demo's validation split is small)",
-    fixed=dict(vgg_weights="random (seeded)", recipe="DPA_RECIPES['demo']", seed=0, batch_size=32, lr=1e-3,
-               architecture="NIH PA: widths 16, latent 1x1, growing 8 -> 64"),
-    candidates=[dict(layers=DEMO_LAYERS, latent_dim=16, val_auroc=0.477),
-                dict(layers=DEMO_LAYERS, latent_dim=128, val_auroc=0.494)],
-    early_look="a first look at 130 steps (stab 20, trns 10, final 40), latent 16: val AUROC 0.465 with the previous "
-               "preset (relu2_2 from 16 up), 0.468 with DEMO_LAYERS, 0.450 with relu1_2 everywhere: all at chance, too short to tell",
-    conclusion="both candidates at chance on validation; the gap is noise, the rule (best validation AUROC) picks "
-               "latent 128. For scale: a no-learning baseline, the 99th intensity percentile in the brain, gives 0.63 "
-               "on this validation split (0.71 on test)",
-)
-DEMO_SELECTION["chosen"] = DEMO_SELECTION["candidates"][1]
-DEMO_SELECTION["later_look"] = dict(  # measured after the choice (2026-11-23, one seed each, same recipe, data and score)
-    candidates=[dict(layers={8: "relu1_2", 16: "relu2_2", 32: "relu3_2", 64: "relu3_2"}, latent_dim=128, val_auroc=0.564),
-                dict(layers={8: "relu1_2", 16: "relu2_2", 32: "relu3_2", 64: "relu4_2"}, latent_dim=128, val_auroc=0.528),
-                dict(layers=DEMO_LAYERS, latent_dim=16, latent_res=8, start_res=16, val_auroc=0.493),
-                dict(layers=DEMO_LAYERS, latent_dim=128, val_auroc=0.510, note="the preset, re-measured")],
-    decision="re-chosen (2026-12) by the same rule: the paper's NIH layers (relu3_2 at 64) have the best validation "
-             "AUROC, 0.564 against 0.510, a gap smaller than the half-width of a validation AUROC's 95 % interval here "
-             "(about 0.07), so the rule, not the gap, decides; `dpa_demo` uses them from then on (the trained demo "
-             "model included). Their test AUROCs, looked at only after the first choice and never used for one, were "
-             "0.613, 0.611, 0.582 against DEMO_LAYERS' 0.588",
-)
-DEMO_SELECTION["chosen"] = DEMO_SELECTION["later_look"]["candidates"][0]
-
-# %% ../nbs/31_perceptual_ae.ipynb #c029
+# %% ../nbs/31_perceptual_ae.ipynb #c030
 DPA_RECIPES = {
     "nih_pa": dict(lr=1e-3, batch_size=128, stab_steps=20_000, trns_steps=20_000, final_steps=10_000),
     "nih_ap": dict(lr=5e-4, batch_size=56, stab_steps=20_000, trns_steps=20_000, final_steps=7_000),
@@ -324,7 +308,7 @@ def stage_steps(stages: list[str], stab_steps: int, trns_steps: int, final_steps
     out[stages[-1]] = final_steps
     return {s: max(1, int(round(n * scale))) for s, n in out.items()}
 
-# %% ../nbs/31_perceptual_ae.ipynb #c032
+# %% ../nbs/31_perceptual_ae.ipynb #c033
 def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
     "Central `size` x `size` crop of (..., H, W)."
     h, w = x.shape[-2:]
@@ -338,13 +322,14 @@ def equalize_histogram(x: torch.Tensor, bins: int = 256) -> torch.Tensor:
     hist = torch.zeros(len(q), bins, dtype=torch.float64).scatter_add_(1, q, torch.ones_like(q, dtype=torch.float64))
     cdf = hist.cumsum(1)
     cdf_min = cdf.gather(1, (hist > 0).float().argmax(1, keepdim=True))     # count at the darkest occupied level
+    # $\mathrm{lut}(v) = (\mathrm{cdf}(v) - \mathrm{cdf}_{\min}) / (N - \mathrm{cdf}_{\min})$
     lut = ((cdf - cdf_min) / (cdf[:, -1:] - cdf_min).clamp_min(1)).clamp(0, 1)
     return lut.gather(1, q).float().view_as(x)
 
 def nih_transform(x: torch.Tensor, # (N, 1, H, W) chest X-rays in [0, 1]
                   view: str = "pa", # 'pa', 'ap' (adds histogram equalisation) or 'subset'
                   img_size: int = 64) -> torch.Tensor:
-    "The paper's NIH protocol: resize 300, centre-crop 224, [hist-eq for AP], resize to `img_size`."
+    "The paper's NIH protocol on float images: resize 300, centre-crop 224, [hist-eq for AP], resize to `img_size`."
     if view not in ("pa", "ap", "subset"): raise ValueError(f"view={view!r}; use 'pa', 'ap' or 'subset'")
     x = center_crop(resize_to(x, 300), 224)
     if view == "ap": x = equalize_histogram(x)
@@ -361,16 +346,34 @@ def camelyon_train_crop(item: dict, size: int = 64) -> dict:
     for k in ("mask", "brain"): out[k] = item[k][..., t:t + size, l:l + size]
     return out
 
-# %% ../nbs/31_perceptual_ae.ipynb #c035
+# %% ../nbs/31_perceptual_ae.ipynb #c038
 def _retensor(ds, images, name):
-    "A copy of ArrayDataset `ds` with new images (masks and brains resized to match)."
+    "A copy of ArrayDataset `ds` with new images (masks and brains resized to match), keeping its intensity record."
     from uad_notebooks.data import ArrayDataset
     fit = lambda m: F.interpolate(m, size=images.shape[-2:], mode="nearest")
-    return ArrayDataset(images, ds.labels, fit(ds.masks), fit(ds.brains), ds.subjects, ds.has_mask, None, ds.meta, name)
+    out = ArrayDataset(images, ds.labels, fit(ds.masks), fit(ds.brains), ds.subjects, ds.has_mask, None, ds.meta, name)
+    out.intensity = getattr(ds, "intensity", None)
+    return out
+
+def _provenance(data_dir) -> dict:
+    p = Path(data_dir) / "provenance.json"
+    return json.loads(p.read_text()) if p.exists() else {}
+
+def _step(prov: dict, name: str) -> dict:
+    "The last step called `name` that `prepare` recorded in provenance.json ({} if none)."
+    return next((s for s in reversed(prov.get("steps", [])) if s.get("name") == name), {})
+
+def _check_pm1(ds, dataset: str, data_dir) -> tuple:
+    "The dataset's value range under the authors' map; an error unless the loader applied `uint8_to_pm1`."
+    rec = getattr(ds, "intensity", None) or {}
+    if rec.get("name") != "uint8_to_pm1" or rec.get("contract_applied") is not True:
+        raise ValueError(f"{dataset} in {data_dir}: DPA needs the intensity contract 'uint8_to_pm1' (x * 2/255 - 1, the "
+                         f"authors' ToTensor + Normalize(0.5, 0.5)); the loader applied {rec.get('applied', 'no recorded contract')!r}. "
+                         f"Re-run data_scripts/{dataset}.py prepare")
+    return (float(rec["offset"]), float(255 * rec["scale"] + rec["offset"]))
 
 def _nih_view_filter(ds, data_dir, view):
     import csv
-    from pathlib import Path
     with open(Path(data_dir) / "manifest.csv", newline="") as f: rows = list(csv.DictReader(f))
     col = next((c for c in ("view", "view_position", "View Position") if rows and c in rows[0]), None)
     if col is None: raise ValueError(f"nih_cxr14 view={view!r}: {data_dir}/manifest.csv has no 'view' column to filter on")
@@ -383,47 +386,70 @@ def dpa_datasets(dataset: str = "demo", # 'demo', 'nih_cxr14', 'camelyon16' or '
                  normal_class: int = 0, # cifar10: the normal class
                  demo_size: str = "default", # demo: 'small' or 'default'
                  seed: int = 0) -> dict:
-    "{'train', 'val', 'test'} datasets of `dataset` with the paper's preprocessing (val is None where there is none)."
+    "{'train', 'val', 'test'} with the paper's preprocessing (val None where absent), and 'value_range', 'intensity', 'prepared'."
     from uad_notebooks.data import load_dataset, ArrayDataset
     if dataset not in ("demo", "nih_cxr14", "camelyon16", "cifar10"):
         raise ValueError(f"dataset={dataset!r}; use 'demo', 'nih_cxr14', 'camelyon16' or 'cifar10'")
     if dataset == "demo":
-        return {s: load_dataset("demo", s, data_dir=data_dir or None, size=demo_size, seed=seed, progress=False) for s in ("train", "val", "test")}
+        out = {s: load_dataset("demo", s, data_dir=data_dir or None, size=demo_size, seed=seed, progress=False) for s in ("train", "val", "test")}
+        return dict(out, value_range=(0.0, 1.0), intensity=getattr(out["train"], "intensity", None), prepared=None)
     if dataset == "cifar10":
         import torchvision
         if normal_class not in range(10): raise ValueError(f"normal_class must be 0..9, got {normal_class!r}")
         out = {}
+        rec = dict(name="uint8_to_pm1", scale=2 / 255, offset=-1.0, description="torchvision's CIFAR-10 uint8 RGB: x * 2/255 - 1 per channel",
+                   source="ninatu/anomaly_detection @6fa35f3 utils/transforms.py (CIFAR10Transform)", applied="x * 2/255 - 1 (dpa_datasets)",
+                   contract_applied=True)
         for split, is_train in (("train", True), ("test", False)):
             try: d = torchvision.datasets.CIFAR10(data_dir, train=is_train, download=False)
             except RuntimeError as e: raise FileNotFoundError(f"cifar10: no CIFAR-10 in data_dir={data_dir!r} (torchvision layout cifar-10-batches-py); download it there first") from e
-            x = torch.from_numpy(d.data).permute(0, 3, 1, 2).float() / 255
+            # ToTensor + Normalize(0.5, 0.5): $x \mapsto x / 255 \cdot 2 - 1$
+            x = torch.from_numpy(d.data).permute(0, 3, 1, 2).float() * (2 / 255) - 1
             y = (torch.tensor(d.targets) != normal_class).long()
             if is_train: x, y = x[y == 0], y[y == 0]
             out[split] = ArrayDataset(x, y, subjects=[f"cifar10-{split}-{i}" for i in range(len(y))], name=f"cifar10-{split}")
-        return dict(train=out["train"], val=None, test=out["test"])
+            out[split].intensity = rec
+        return dict(train=out["train"], val=None, test=out["test"], value_range=PAPER_VALUE_RANGE, intensity=rec, prepared=None)
     if not data_dir: raise ValueError(f"dataset={dataset!r} needs data_dir (prepare it with data_scripts/ first)")
+    prov = _provenance(data_dir)
     def _splits(name, img_size, in_chans, finish):
         "Load train/val/test of a prepared dataset (val may be absent) and apply `finish(split, ds)` to each."
         out = {}
         for s in ("train", "val", "test"):
             try: d = load_dataset(name, s, data_dir=data_dir, img_size=img_size, in_chans=in_chans)
-            except ValueError:
-                if s == "val": out[s] = None; continue
+            except ValueError as e:
+                if s == "val" and "no rows for split" in str(e): out[s] = None; continue
                 raise
+            value_range = _check_pm1(d, name, data_dir)
             out[s] = finish(s, d)
-        return out
+        return dict(out, value_range=value_range, intensity=out["train"].intensity)
     if dataset == "nih_cxr14":
+        if view not in ("pa", "ap", "subset"): raise ValueError(f"view={view!r}; use 'pa', 'ap' or 'subset'")
+        pre = _step(prov, "preprocess")
+        if "centre crop 224" not in pre.get("chain", ""):
+            raise ValueError(f"nih_cxr14 in {data_dir}: provenance.json records no DPA preprocessing (resize 300, centre crop 224, "
+                             f"[equalisation], resize); prepare the folder with data_scripts/nih_cxr14.py")
+        if bool(pre.get("equalize")) != (view == "ap"):
+            raise ValueError(f"nih_cxr14 view={view!r}: {data_dir} was prepared with equalize={pre.get('equalize')}, but DPA "
+                             f"equalises the AP view only; prepare it with --view {'AP' if view == 'ap' else view.upper() if view == 'pa' else 'subset'}")
         def _nih(s, d):
             if view in ("pa", "ap"): d = _nih_view_filter(d, data_dir, view)
-            return _retensor(d, nih_transform(d.images, view), f"nih_cxr14-{view}-{s}")
-        return _splits("nih_cxr14", 300, 1, _nih)
+            d.name = f"nih_cxr14-{view}-{s}"
+            return d
+        stored = int(prov.get("params", {}).get("img_size") or 64)
+        out = _splits("nih_cxr14", 64, 1, _nih)
+        return dict(out, prepared=dict(chain=pre.get("chain"), equalize=bool(pre.get("equalize")), stored_size=stored,
+                                       loaded_size=64, at_load="the intensity contract only"))
     if dataset == "camelyon16":  # RGB pathology patches (3 x 192 x 192 at x10)
+        stored = int(_step(prov, "rescale").get("to") or 192)
         def _cam(s, d):
             if s == "train": d.transform = camelyon_train_crop; return d
             return _retensor(d, center_crop(d.images, 64), f"camelyon16-{s}")
-        return _splits("camelyon16", 192, 3, _cam)
+        out = _splits("camelyon16", stored, 3, _cam)
+        return dict(out, prepared=dict(stored_size=stored, patch_size=_step(prov, "patches").get("size"),
+                                       at_load="train: random 64 crop + random horizontal and vertical flips; val/test: centre 64 crop"))
 
-# %% ../nbs/31_perceptual_ae.ipynb #4544113d
+# %% ../nbs/31_perceptual_ae.ipynb #c043
 @torch.no_grad()
 def blur_oracle(loss: PerceptualLoss, # a fitted loss (its VGG and standardisation)
                 images: torch.Tensor, # (N, C, H, W) test images
