@@ -11,7 +11,9 @@ from uad_notebooks.unet import unet_mddpm, unet_small, n_params, AttentionBlock
 from uad_notebooks.simplex import simplex_field, simplex_noise_like
 from uad_notebooks.patched import grid_box_masks, fft_filter, mask_slices, patched_restore
 from uad_notebooks.masked_ddpm import (VARIANTS, bisection_threshold, remove_small_components, volume_metrics,
-                                       erode_cross, mddpm_paper)
+                                       erode_cross, mddpm_paper, mddpm_small, median_filter2d, volume_postprocess)
+from uad_notebooks.data import ArrayDataset
+from uad_notebooks.evaluate import evaluate, predict
 
 
 def _phantom(n=2, size=64):
@@ -152,6 +154,75 @@ def test_postprocessing():
     assert vm["n_volumes"] == 4 and vm["dice"] > 0.8 and vm["dice_ci"][0] <= vm["dice"] <= vm["dice_ci"][1]
 
 
+# --- post-processing on volumes ---------------------------------------------------------------------------------------
+def _volume_dataset(seed=0, n_slices=(7, 6)):
+    "Two subjects whose slices come in shuffled dataset order, with their slice numbers in the manifest; lesions in both."
+    rng = np.random.default_rng(seed)
+    img, brain = _phantom(sum(n_slices), 32)
+    img = img * (1 + 0.3 * torch.from_numpy(rng.random((len(img), 1, 1, 1))).float())
+    masks = torch.zeros_like(img); subjects, slices, k = [], [], 0
+    for s, n in enumerate(n_slices):
+        for z in rng.permutation(n):
+            subjects.append(f"v{s}"); slices.append(int(z))
+            if 2 <= z <= 4: masks[k, 0, 12:18, 12:18] = 1; img[k, 0, 12:18, 12:18] += 0.4
+            k += 1
+    ds = ArrayDataset(img, (masks.flatten(1).sum(1) > 0).long(), masks, brain, subjects, meta=[{"slice": z} for z in slices])
+    return ds, np.array(slices)
+
+
+def test_volume_postprocess_is_scipy_3d_median_in_slice_order():
+    """The 3-D filter equals scipy.ndimage.median_filter(size=5) of each subject's volume stacked in slice order, whatever
+    the dataset order; the slice score is the mean of the filtered map inside the brain mask."""
+    from scipy import ndimage
+    ds, slices = _volume_dataset()
+    torch.manual_seed(0)
+    m = mddpm_small(32, variant="pddpm", median="3d")
+    torch.nn.init.normal_(m.net.head[-1].weight, std=0.05)
+    p = predict(m, ds, batch_size=5, progress=False)
+    out = volume_postprocess(p, ds)
+    subj = np.asarray(p.subjects)
+    for s in ("v0", "v1"):
+        idx = np.flatnonzero(subj == s)
+        order = idx[np.argsort(slices[idx])]
+        want = ndimage.median_filter(p.maps[order, 0], size=5)                  # (D, H, W) in slice order
+        np.testing.assert_allclose(out.maps[order, 0], want, atol=1e-7)
+        wrong = ndimage.median_filter(p.maps[idx, 0], size=5)                   # the stack in dataset order
+        assert not np.allclose(out.maps[idx, 0], wrong, atol=1e-6)
+    b = p.brains[:, 0] > 0.5
+    np.testing.assert_allclose(out.scores, (out.maps[:, 0] * b).sum((1, 2)) / b.sum((1, 2)), rtol=1e-5)
+    with pytest.raises(ValueError, match="no slice numbers"):
+        volume_postprocess(p, ArrayDataset(ds.images, ds.labels, subjects=ds.subjects))
+
+
+def test_demo_path_unchanged_and_evaluate_postprocess():
+    """The default (median='2d', the demo's) filters each slice as before; evaluate(postprocess=volume_postprocess)
+    returns the predictions volume_postprocess makes and the metrics of those."""
+    ds, _ = _volume_dataset(1)
+    torch.manual_seed(0)
+    m2 = mddpm_small(32, variant="pddpm")
+    torch.nn.init.normal_(m2.net.head[-1].weight, std=0.05)
+    m3 = mddpm_small(32, variant="pddpm", median="3d", net=m2.net)
+    assert m2.median == "2d" and mddpm_paper().median == "2d"
+    x, brain = ds.images[:4], ds.brains[:4]
+    assert torch.equal(m2.anomaly_map(x, brain), median_filter2d(m3.anomaly_map(x, brain), 5))
+    res = evaluate(m3, ds, ds, n_boot=0, progress=False, postprocess=volume_postprocess)
+    want = volume_postprocess(predict(m3, ds, progress=False), ds)
+    np.testing.assert_allclose(res.predictions.maps, want.maps, atol=1e-7)
+    np.testing.assert_allclose(res.predictions.scores, want.scores, atol=1e-7)
+    from uad_notebooks.metrics import image_metrics
+    assert abs(res["image"]["auroc"] - image_metrics(want.scores, want.labels)["auroc"]) < 1e-12
+
+
+def test_volume_metrics_respect_slice_order():
+    """3-D components are found in the volume stacked in slice order: two 4-voxel blobs on neighbouring slices form one
+    8-voxel component that survives the filter; on slices that are not neighbours they are removed."""
+    bm, bg = np.zeros((3, 1, 8, 8), np.float32), np.zeros((3, 1, 8, 8))
+    bm[0, 0, 2:4, 2:4] = bm[2, 0, 2:4, 2:4] = 1; bg[:, 0, 2:4, 2:4] = 1
+    near = volume_metrics(bm, bg, ["v"] * 3, 0.5, n_boot=0, slices=[0, 2, 1])
+    far = volume_metrics(bm, bg, ["v"] * 3, 0.5, n_boot=0)
+    assert near["dice"] == pytest.approx(2 * 8 / (8 + 12)) and far["dice"] == 0.0
+
+
 # --- the reproduction notebook (papermill, smoke) --------------------------------------------------------------------
 @pytest.mark.notebook
 def test_repro_mddpm_smoke(run_repro):
@@ -165,3 +236,12 @@ def test_repro_mddpm_smoke(run_repro):
         assert (out / f"examples_{v}.png").exists()
     assert metrics["paper"] is None and "issues" in metrics["paper_note"]
     assert metrics["provenance"]["params"]["smoke"] is True
+    # the demo: validation-loss selection on the healthy validation subjects, fp32, the per-slice 2-D median (flagged)
+    assert metrics["select"] == "val_loss" and metrics["amp"] is False and metrics["median"] == "2d"
+    for v in metrics["variants"]:
+        sel = metrics["results"][v]["selection"]
+        assert sel["selected"] == "val_loss" and len(sel["val_history"]) == 3 and sel["best_step"] is not None
+    card = {row["point"]: row for row in metrics["protocol"]}
+    assert card["median filter"]["match"] is False and "2-D" in card["median filter"]["ours"] and card["median filter"]["note"]
+    assert card["precision"]["match"] is True and card["checkpoint selection"]["match"] is True
+    assert metrics["protocol_title"] == "mDDPM protocol: demo"

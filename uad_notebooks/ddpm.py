@@ -18,7 +18,7 @@ __all__ = ['CosineSchedule', 'q_sample', 'eps_from_x0', 'to_diffusion', 'from_di
 class CosineSchedule:
     "Cosine noise schedule (Nichol & Dhariwal 2021) with the closed forms of the forward process."
     def __init__(self,
-                 T: int = 1000, # number of diffusion steps (spec B.3)
+                 T: int = 1000, # number of diffusion steps (official code: 1000)
                  s: float = 0.008, # offset that keeps beta_0 from vanishing
                  max_beta: float = 0.999, # betas are clipped here
                 ):
@@ -26,10 +26,12 @@ class CosineSchedule:
         if s < 0: raise ValueError(f"s must be >= 0, got {s!r}")
         self.T, self.s, self.max_beta = T, s, max_beta
         x = torch.arange(T + 1, dtype=torch.float64)
+        # f(t) = cos^2((t/T + s) / (1 + s) * pi/2)                 (Nichol & Dhariwal 2021, eq. 17)
         f = torch.cos((x / T + s) / (1 + s) * math.pi / 2) ** 2
+        # beta_t = min(1 - alpha_bar_t / alpha_bar_{t-1}, 0.999)
         self.betas = (1 - f[1:] / f[:-1]).clamp(0, max_beta)    # (T,)
-        self.alphas = 1 - self.betas
-        self.alpha_bar = torch.cumprod(self.alphas, 0)           # (T,)
+        self.alphas = 1 - self.betas                             # alpha_t = 1 - beta_t
+        self.alpha_bar = torch.cumprod(self.alphas, 0)           # alpha_bar_t = prod_{i<=t} alpha_i, (T,)
 
     def _at(self, v: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         "v[t] broadcast to x's shape (B, 1, ..., 1), in x's dtype and device."
@@ -46,11 +48,13 @@ class CosineSchedule:
 def q_sample(schedule: CosineSchedule, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     "x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) noise; t is (B,) or a scalar."
     ab = schedule._at(schedule.alpha_bar, t, x0)
+    # x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps          (Ho et al. 2020, eq. 4)
     return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
 
 def eps_from_x0(schedule: CosineSchedule, xt: torch.Tensor, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
     "The noise implied by x_t and a prediction of x0."
     ab = schedule._at(schedule.alpha_bar, t, xt)
+    # eps = (x_t - sqrt(alpha_bar_t) x0) / sqrt(1 - alpha_bar_t)       (eq. 4 solved for eps; Song et al. 2021, eq. 9)
     return (xt - ab.sqrt() * x0) / (1 - ab).sqrt()
 
 # %% ../nbs/40_ddpm.ipynb #c015
@@ -67,8 +71,9 @@ def x0_l1_loss(model: Callable, schedule: CosineSchedule, x0: torch.Tensor,
                noise: torch.Tensor | None = None, # same shape as x0; Gaussian when None
               ) -> torch.Tensor:
     "Whole-image DDPM loss: L1 between model(x_t, t) and x0 (x0 already in [-1, 1])."
-    if t is None: t = torch.randint(0, schedule.T, (x0.shape[0],), device=x0.device)
-    if noise is None: noise = torch.randn_like(x0)
+    if t is None: t = torch.randint(0, schedule.T, (x0.shape[0],), device=x0.device)    # t ~ U{0, ..., T-1}
+    if noise is None: noise = torch.randn_like(x0)                                     # eps ~ N(0, I)
+    # L = mean |f(x_t, t) - x0|, x_t from eq. 4   (x0-parametrised L1 counterpart of Ho et al.'s eq. 14)
     return F.l1_loss(model(schedule.q_sample(x0, t, noise), t), x0)
 
 # %% ../nbs/40_ddpm.ipynb #c018
@@ -87,8 +92,11 @@ def ddim_sample(model: Callable, schedule: CosineSchedule,
     x = xt
     for i in tqdm(range(len(ts)), disable=not progress, desc="ddim"):
         t = ts[i].expand(x.shape[0]).to(x.device)
+        # (1) x0_hat = f(x_t, t)
         x0 = model(x, t)
         if i == len(ts) - 1: return x0
+        # (2) eps_hat = (x_t - sqrt(alpha_bar_t) x0_hat) / sqrt(1 - alpha_bar_t)
         eps = eps_from_x0(schedule, x, t, x0)
+        # (3) x_t' = sqrt(alpha_bar_t') x0_hat + sqrt(1 - alpha_bar_t') eps_hat     (Song et al. 2021, eq. 12, sigma_t = 0)
         x = q_sample(schedule, x0, ts[i + 1].expand(x.shape[0]), eps)
     return x0

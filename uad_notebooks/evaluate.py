@@ -76,6 +76,13 @@ class Metrics(dict):
     "The metrics dict `evaluate` returns; `.predictions` keeps the raw outputs for plots (not serialised)."
     predictions: Predictions | None = None
 
+def _take(pred: Predictions, keep) -> Predictions:
+    "The predictions of the items where `keep` (a boolean array) is true."
+    keep = np.asarray(keep, bool)
+    pick = lambda a: None if a is None else a[keep]
+    return Predictions(pred.scores[keep], pred.labels[keep], pick(pred.maps), pred.masks[keep], pred.brains[keep],
+                       pred.has_mask[keep], [s for s, k in zip(pred.subjects, keep) if k])
+
 def _write_scores(path: Path, pred: Predictions, overwrite: bool):
     if path.exists() and not overwrite: raise FileExistsError(f"{path} exists; refusing to overwrite (pass overwrite=True)")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -92,6 +99,7 @@ def evaluate(model, test_ds, # the method and its test set (both classes needed)
              n_boot: int = 1000, # bootstrap resamples for intervals (0: none)
              fpr: float = 0.05, # pixel false-positive rate on healthy validation data for the Dice threshold
              pixel: bool | None = None, # pixel metrics (default: when the test set has masks and the method maps)
+             postprocess=None, # `f(predictions, dataset) -> Predictions`, applied before any metric (e.g. a 3-D filter of volumes)
              seed: int = 0, progress: bool = True, overwrite: bool = False) -> Metrics:
     "Image metrics and, where masks exist, pixel metrics of `model` on `test_ds`, with bootstrap intervals."
     check_test_set(test_ds, name)
@@ -99,13 +107,18 @@ def evaluate(model, test_ds, # the method and its test set (both classes needed)
     pixel = (has_masks and hasattr(model, "anomaly_map")) if pixel is None else pixel
     if pixel and not has_masks: raise ValueError(f"{name}: pixel metrics need ground-truth masks, and this test set has none")
     pred = predict(model, test_ds, batch_size, device, maps=pixel, progress=progress)
+    if postprocess is not None: pred = postprocess(pred, test_ds)
     res = Metrics(n_test=len(pred.labels), n_abnormal=int(pred.labels.sum()),
                   image=image_metrics(pred.scores, pred.labels, n_boot=n_boot, seed=seed, groups=pred.subjects))
     if pixel:
         healthy = {}
         if val_ds is not None:
-            normal = val_ds.subset(torch.as_tensor(val_ds.labels) == 0) if hasattr(val_ds, "subset") else val_ds
-            hp = predict(model, normal, batch_size, device, maps=True, progress=progress)
+            if postprocess is not None:  # post-process the whole set (its volumes stay whole), then keep its normal items
+                hp = postprocess(predict(model, val_ds, batch_size, device, maps=True, progress=progress), val_ds)
+                hp = _take(hp, hp.labels == 0)
+            else:
+                normal = val_ds.subset(torch.as_tensor(val_ds.labels) == 0) if hasattr(val_ds, "subset") else val_ds
+                hp = predict(model, normal, batch_size, device, maps=True, progress=progress)
             healthy = dict(healthy_maps=hp.maps, healthy_brains=hp.brains, fpr=fpr)
         sel = pred.has_mask
         res["pixel"] = pixel_metrics(pred.maps[sel], pred.masks[sel], pred.brains[sel],

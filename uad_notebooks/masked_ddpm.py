@@ -5,12 +5,13 @@ and post-processing."""
 
 # %% ../nbs/44_masked_ddpm.ipynb #c002
 from __future__ import annotations
-import warnings
+import dataclasses, warnings
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from fastcore.basics import patch
 from scipy import ndimage
 from sklearn.metrics import average_precision_score, roc_auc_score
 
@@ -18,10 +19,12 @@ from .ddpm import CosineSchedule, q_sample, to_diffusion, from_diffusion
 from .unet import unet_mddpm, unet_small
 from .simplex import simplex_noise_like
 from .patched import grid_box_masks, random_box_mask, noise_patch, patched_restore, mask_slices
+from .evaluate import Predictions
 
 # %% auto #0
-__all__ = ['VARIANTS', 'erode_cross', 'median_filter2d', 'MaskedDDPM', 'remove_small_components', 'bisection_threshold',
-           'volume_metrics', 'healthy_fpr_threshold', 'mddpm_paper', 'mddpm_small']
+__all__ = ['VARIANTS', 'MEDIANS', 'erode_cross', 'median_filter2d', 'MaskedDDPM', 'slice_numbers', 'volume_postprocess',
+           'remove_small_components', 'bisection_threshold', 'volume_metrics', 'healthy_fpr_threshold', 'mddpm_paper',
+           'mddpm_small']
 
 # %% ../nbs/44_masked_ddpm.ipynb #c005
 def erode_cross(mask: torch.Tensor, # (B, 1, H, W) binary
@@ -45,9 +48,10 @@ def median_filter2d(x: torch.Tensor, # (B, C, H, W)
 # %% ../nbs/44_masked_ddpm.ipynb #c009
 VARIANTS = ("ddpm", "pddpm", "mddpm", "mddpm_mim", "mddpm_mfm")
 _MASK_MODE = {"mddpm": "both", "mddpm_mim": "mim", "mddpm_mfm": "mfm"}
+MEDIANS = ("2d", "3d", None)
 
 class MaskedDDPM(nn.Module):
-    "DDPM / patched DDPM / masked DDPM for anomaly detection (Iqbal et al. 2023; official code, spec B)."
+    "DDPM / patched DDPM / masked DDPM for anomaly detection (Iqbal et al. 2023, as the official code runs it)."
     def __init__(self,
                  img_size: int = 96, # square slice side (paper: 96 = 192 / 2 at 2 mm)
                  in_chans: int = 1, # image channels
@@ -58,7 +62,8 @@ class MaskedDDPM(nn.Module):
                  patch_size: int | None = None, # grid box side (default img_size // 2: four quadrants)
                  net: str | nn.Module = "paper", # 'paper' (unet_mddpm), 'small' (unet_small) or a module net(x, t)
                  erode_iters: int | None = None, # brain-mask erosions (default img_size // 25)
-                 median_size: int = 5, # median filter of the map
+                 median_size: int = 5, # side of the median filter of the map (official: 5)
+                 median: str | None = "2d", # '2d': k x k per slice in anomaly_map; '3d': left to volume_postprocess (k^3 per volume, official); None: no filter
                  brain_threshold: float = 1e-3, # x > this is brain when anomaly_map gets no mask
                  eval_seed: int = 0, # seeds the test-time noise at every call
                 ):
@@ -66,6 +71,7 @@ class MaskedDDPM(nn.Module):
         if variant not in VARIANTS: raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
         if noise not in ("simplex", "gaussian"): raise ValueError(f"noise must be 'simplex' or 'gaussian', got {noise!r}")
         if not 0 <= test_t < T: raise ValueError(f"test_t must lie in [0, {T - 1}], got {test_t}")
+        if median not in MEDIANS: raise ValueError(f"median must be '2d', '3d' or None, got {median!r}")
         self.img_size, self.in_chans, self.variant, self.noise, self.test_t = img_size, in_chans, variant, noise, test_t
         self.patch_size = patch_size or img_size // 2
         self.boxes = grid_box_masks(img_size, self.patch_size)          # validates the grid; (n, 1, H, W)
@@ -74,7 +80,8 @@ class MaskedDDPM(nn.Module):
             net = (unet_mddpm if net == "paper" else unet_small)(in_chans)
         self.net, self.schedule = net, CosineSchedule(T)
         self.erode_iters = img_size // 25 if erode_iters is None else erode_iters
-        self.median_size, self.brain_threshold, self.eval_seed = median_size, brain_threshold, eval_seed
+        self.median_size, self.median = median_size, median
+        self.brain_threshold, self.eval_seed = brain_threshold, eval_seed
         self._warned = False
 
     @property
@@ -89,44 +96,54 @@ class MaskedDDPM(nn.Module):
             raise ValueError(f"x must be (B, {self.in_chans}, {self.img_size}, {self.img_size}), got {tuple(x.shape)}")
 
 # %% ../nbs/44_masked_ddpm.ipynb #c011
-def _training_loss(self, batch: dict, corrupt: bool = True) -> dict:
+@patch
+def training_loss(self: MaskedDDPM, batch: dict, corrupt: bool = True) -> dict:
     "L1 x0-loss of the variant on a batch of items (uses batch['image'] and batch['brain'])."
     x = batch["image"]; self._check(x); self._cache = None
     brain = batch.get("brain")
     brain = torch.ones_like(x[:, :1]) if brain is None else brain.to(x)
     B = x.shape[0]
+    # x_c = MIM / MFM corruption of x (masked variants), else x
     xc = mask_slices(x, brain, _MASK_MODE[self.variant])[0] if corrupt and self.variant in _MASK_MODE else x
-    x0, xc = to_diffusion(x), to_diffusion(xc)
+    x0, xc = to_diffusion(x), to_diffusion(xc)                             # [0, 1] -> [-1, 1]
+    # t ~ U{0, ..., T-1}
     t = torch.randint(0, self.schedule.T, (B,), device=x.device)
+    # x_t = sqrt(alpha_bar_t) x_c + sqrt(1 - alpha_bar_t) eps          (Ho et al. 2020, eq. 4)
     xt = q_sample(self.schedule, xc, t, self._noise(xc))
+    # DDPM: L = mean |f(x_t, t) - x|
     if not self.patched: return {"loss": F.l1_loss(self.net(xt, t), x0)}
     box = random_box_mask(B, self.img_size, self.patch_size, device=x.device)
-    pred = noise_patch(xc, self.net(noise_patch(xc, xt, box), t), box)   # inpaint: x_c outside the box
+    # x_in = x_t in B, x_c outside;  x0_hat' = f(x_in, t) in B, x_c outside ("inpaint")
+    pred = noise_patch(xc, self.net(noise_patch(xc, xt, box), t), box)
+    # L = mean over pixels |x0_hat' - x|   (outside B a constant: only B carries gradient)
     return {"loss": F.l1_loss(pred, x0)}
 
-def _validation_loss(self, batch: dict) -> dict:
+@patch
+def validation_loss(self: MaskedDDPM, batch: dict) -> dict:
     "The same loss on uncorrupted slices (no MIM/MFM masking): the official checkpoint-selection criterion."
-    return _training_loss(self, batch, corrupt=False)
-
-MaskedDDPM.training_loss, MaskedDDPM.validation_loss = _training_loss, _validation_loss
+    return self.training_loss(batch, corrupt=False)
 
 # %% ../nbs/44_masked_ddpm.ipynb #c013
+@patch
 @torch.no_grad()
-def _reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+def reconstruct(self: MaskedDDPM, x: torch.Tensor) -> torch.Tensor:
     "x_hat in [0, 1]: noise to test_t (every box in turn for the patched variants), one x0 prediction, stitch."
     self._check(x)
     g = torch.Generator().manual_seed(self.eval_seed)
     x0 = to_diffusion(x)
     t = torch.full((x.shape[0],), self.test_t, device=x.device, dtype=torch.long)
+    # x_t = sqrt(alpha_bar_t) x + sqrt(1 - alpha_bar_t) eps   at t = test_t   (Ho et al. 2020, eq. 4)
     xt = q_sample(self.schedule, x0, t, self._noise(x0, g))
+    # x_hat = f(x_t, t): one x0 prediction of the whole slice (DDPM) ...
     if not self.patched: return from_diffusion(self.net(xt, t))
     n = len(self.boxes)
+    # ... or, per box B_k: x_hat = sum_k 1_{B_k} f(x outside B_k, x_t in B_k; t)   (n*B inputs, one forward)
     return from_diffusion(patched_restore(lambda inp: self.net(inp, t.repeat(n)), x0, xt, self.boxes))
 
-MaskedDDPM.reconstruct = _reconstruct
-
 # %% ../nbs/44_masked_ddpm.ipynb #c015
-def _map_and_mask(self, x, brain=None, store=False):
+@patch
+def _map_and_mask(self: MaskedDDPM, x, brain=None, store=False):
+    "(map, eroded brain mask), reusing the map `anomaly_score` left for the same (x, brain)."
     c, self._cache = getattr(self, "_cache", None), None
     if c is not None and c[0] is x and c[1] is brain and c[2] == x._version: return c[3], c[4]
     b = brain
@@ -136,24 +153,67 @@ def _map_and_mask(self, x, brain=None, store=False):
             self._warned = True
         b = (x.amax(1, keepdim=True) > self.brain_threshold).float()
     m = erode_cross(b.to(x), self.erode_iters)
-    r = median_filter2d((x - self.reconstruct(x)).abs().mean(1, keepdim=True) * m, self.median_size)
+    # r = |x - x_hat| (mean over channels) * eroded brain mask
+    r = (x - self.reconstruct(x)).abs().mean(1, keepdim=True) * m
+    if self.median == "2d": r = median_filter2d(r, self.median_size)    # '3d': volume_postprocess filters
     if store: self._cache = (x, brain, x._version, r, m)
     return r, m
 
+@patch
 @torch.no_grad()
-def _anomaly_map(self, x: torch.Tensor, brain: torch.Tensor | None = None) -> torch.Tensor:
+def anomaly_map(self: MaskedDDPM, x: torch.Tensor, brain: torch.Tensor | None = None) -> torch.Tensor:
     "(B, 1, H, W) post-processed residual |x - x_hat| inside the eroded brain mask."
-    return _map_and_mask(self, x, brain)[0]
+    return self._map_and_mask(x, brain)[0]
 
+@patch
 @torch.no_grad()
-def _anomaly_score(self, x: torch.Tensor, brain: torch.Tensor | None = None) -> torch.Tensor:
+def anomaly_score(self: MaskedDDPM, x: torch.Tensor, brain: torch.Tensor | None = None) -> torch.Tensor:
     "(B,) mean of the anomaly map inside the eroded brain mask."
-    r, m = _map_and_mask(self, x, brain, store=True)
+    r, m = self._map_and_mask(x, brain, store=True)
     return (r * m).sum((1, 2, 3)) / m.sum((1, 2, 3)).clamp(min=1)
 
-MaskedDDPM.anomaly_map, MaskedDDPM.anomaly_score = _anomaly_map, _anomaly_score
-
 # %% ../nbs/44_masked_ddpm.ipynb #c023
+def slice_numbers(dataset) -> np.ndarray | None:
+    "Each item's slice number in its volume (the manifest's `slice` column), or None where the items carry none."
+    rows = dataset.manifest() if hasattr(dataset, "manifest") else []
+    if not rows or any(r.get("slice") in (None, "") for r in rows): return None
+    return np.array([int(float(r["slice"])) for r in rows])
+
+def _volumes(subjects, slices=None) -> dict:
+    "{subject: item indices}, in slice order when `slices` is given (then each subject must be one whole volume)."
+    subjects = np.asarray(subjects).ravel()
+    out = {}
+    for s in dict.fromkeys(subjects.tolist()):
+        idx = np.flatnonzero(subjects == s)
+        if slices is not None:
+            idx = idx[np.argsort(slices[idx], kind="stable")]; z = slices[idx]
+            if (np.diff(z) != 1).any():
+                raise ValueError(f"subject {s!r}: slice numbers {z.tolist()} are not one whole volume (distinct and "
+                                 f"consecutive); a 3-D filter would mix slices that are not neighbours")
+        out[s] = idx
+    return out
+
+def volume_postprocess(pred: Predictions, # maps (N, 1, H, W) of a MaskedDDPM(median='3d'), with brains and subjects
+                       dataset, # the dataset `pred` was computed on: gives each item's slice number
+                       size: int = 5, # median kernel side (official: 5, i.e. 5x5x5)
+                      ) -> Predictions:
+    "The official post-processing on volumes: a 3-D median over each subject's stacked slices, slice score = mean in the brain."
+    if pred.maps is None: raise ValueError("volume_postprocess needs anomaly maps: predict(..., maps=True)")
+    slices = slice_numbers(dataset)
+    if slices is None:
+        raise ValueError(f"volume_postprocess: {dataset!r} gives no slice numbers (manifest column 'slice'), so it holds "
+                         f"no volumes; use MaskedDDPM(median='2d') on slices without a volume")
+    if len(slices) != len(pred.scores): raise ValueError(f"{len(pred.scores)} predictions for {len(slices)} items of {dataset!r}")
+    maps = pred.maps.copy()
+    for idx in _volumes(pred.subjects, slices).values():
+        maps[idx, 0] = ndimage.median_filter(pred.maps[idx, 0], size=size)   # (D, H, W) in slice order
+    brain = (pred.brains[:, 0] > 0.5).reshape(len(maps), -1)
+    n = brain.sum(1)
+    # slice score = mean of the filtered map inside the brain mask; 0 without brain
+    scores = np.where(n > 0, (maps[:, 0].reshape(len(maps), -1) * brain).sum(1) / np.maximum(n, 1), 0.0)
+    return dataclasses.replace(pred, maps=maps, scores=scores.astype(np.float32))
+
+# %% ../nbs/44_masked_ddpm.ipynb #c029
 def remove_small_components(binary: np.ndarray, # (H, W) or (D, H, W) boolean
                             min_size: int = 8, # components with fewer voxels are removed (code: <= 7)
                            ) -> np.ndarray:
@@ -172,32 +232,34 @@ def _dice(pred: np.ndarray, gt: np.ndarray) -> float:
 def bisection_threshold(maps, masks, # anomaly maps and ground truth, any equal shapes
                         n_iter: int = 10, # halvings of [0, max(maps)]
                        ) -> tuple[float, float]:
-    "Zimmerer-style bisection search of the pooled-Dice-maximising threshold: (threshold, its Dice)."
+    "Zimmerer's bisection search (pDDPM/mDDPM `find_best_val`) of the pooled-Dice-maximising threshold: (threshold, its Dice)."
     s, gt = np.asarray(maps, np.float32).ravel(), np.asarray(masks).ravel() > 0.5
     if s.shape != gt.shape: raise ValueError(f"maps ({s.size} values) and masks ({gt.size}) differ in size")
-    lo, hi, best = 0.0, float(s.max()), (0.0, -1.0)
+    lo, hi, best = 0.0, float(s.max()), (0.0, 0.0)
+    if hi == lo: hi = 1.0                                               # an all-zero map: search [0, 1], as the code
     for _ in range(n_iter):
         q1, q3, mid = lo + (hi - lo) / 4, lo + 3 * (hi - lo) / 4, (lo + hi) / 2
         d1, d3 = _dice(s > q1, gt), _dice(s > q3, gt)
         if d1 >= d3: hi, cand = mid, (q1, d1)
         else: lo, cand = mid, (q3, d3)
-        if cand[1] > best[1]: best = cand
+        if cand[1] >= best[1]: best = cand
     return best
 
-# %% ../nbs/44_masked_ddpm.ipynb #c027
+# %% ../nbs/44_masked_ddpm.ipynb #c033
 def volume_metrics(maps, masks, subjects, # (N, 1, H, W) maps and masks; (N,) subject ids
                    threshold: float, # binarisation threshold (e.g. from `bisection_threshold` on validation)
                    min_size: int = 8, # connected-component filter
                    n_boot: int = 1000, seed: int = 0, alpha: float = 0.05,
+                   slices=None, # (N,) slice numbers (e.g. `slice_numbers(dataset)`): stack each volume in slice order
                   ) -> dict:
     "Per-volume Dice (thresholded, CC-filtered), AUROC and AUPRC, their means and bootstrap intervals over volumes."
     maps, masks = np.asarray(maps, np.float32), np.asarray(masks) > 0.5
     subjects = np.asarray(subjects).ravel()
-    if len(maps) != len(masks) or len(maps) != len(subjects):
-        raise ValueError(f"maps ({len(maps)}), masks ({len(masks)}) and subjects ({len(subjects)}) must have one row per slice")
+    if len(maps) != len(masks) or len(maps) != len(subjects) or (slices is not None and len(slices) != len(maps)):
+        raise ValueError(f"maps ({len(maps)}), masks ({len(masks)}), subjects ({len(subjects)})"
+                         f"{'' if slices is None else f' and slices ({len(slices)})'} must have one row per slice")
     rows = []
-    for s in dict.fromkeys(subjects.tolist()):
-        idx = np.flatnonzero(subjects == s)
+    for s, idx in _volumes(subjects, None if slices is None else np.asarray(slices)).items():
         v, gt = maps[idx, 0], masks[idx, 0]                             # (D, H, W)
         if not gt.any(): continue
         pred = remove_small_components(v > threshold, min_size)
@@ -214,15 +276,15 @@ def volume_metrics(maps, masks, subjects, # (N, 1, H, W) maps and masks; (N,) su
         if n_boot: out[k + "_ci"] = [float(q) for q in np.nanpercentile(np.stack(boots)[:, j], [100 * alpha / 2, 100 * (1 - alpha / 2)])]
     return out
 
-# %% ../nbs/44_masked_ddpm.ipynb #c030
+# %% ../nbs/44_masked_ddpm.ipynb #c037
 def healthy_fpr_threshold(healthy_maps, brains=None, fpr: float = 0.05) -> float:
     "Threshold that flags `fpr` of the in-brain pixels of healthy maps (uad_notebooks.metrics.threshold_at_fpr)."
     from uad_notebooks.metrics import threshold_at_fpr
     return threshold_at_fpr(np.asarray(healthy_maps, np.float32), fpr, None if brains is None else np.asarray(brains, np.float32))
 
-# %% ../nbs/44_masked_ddpm.ipynb #c033
+# %% ../nbs/44_masked_ddpm.ipynb #c040
 def mddpm_paper(variant: str = "mddpm_mfm", **kw) -> MaskedDDPM:
-    "The official configuration (spec B.3): 96x96, unet_mddpm, simplex noise, 48x48 boxes, test t = 499."
+    "The official configuration (configs/experiment/mDDPM/mDDPM.yaml): 96x96, unet_mddpm, simplex noise, 48x48 boxes, t = 499."
     return MaskedDDPM(**{**dict(img_size=96, variant=variant, noise="simplex", test_t=499, net="paper"), **kw})
 
 def mddpm_small(img_size: int = 64, variant: str = "mddpm", **kw) -> MaskedDDPM:

@@ -62,11 +62,13 @@ def fft_filter(x: torch.Tensor, # (B, C, H, W)
                half_width, # (B,) or scalar: half-width of the kept/removed centre square
                mode: str = "low", # "low" keeps the centre (low frequencies), "high" removes it
               ) -> torch.Tensor:
-    "Low- or high-pass copy of x by masking the centred spectrum (spec B.4, FPM)."
+    "Low- or high-pass copy of x by masking the centred spectrum (FPM, as `get_freq_image` of the official code)."
     if mode not in ("low", "high"): raise ValueError(f"mode must be 'low' or 'high', got {mode!r}")
+    # F = fftshift(FFT2(x))
     F_ = torch.fft.fftshift(torch.fft.fft2(x.float()), dim=(-2, -1))
     M = centre_square(*x.shape[-2:], half_width, device=x.device)
-    M = M if mode == "low" else 1 - M
+    M = M if mode == "low" else 1 - M                                    # low: F * M, high: F * (1 - M)
+    # x_filtered = Re(IFFT2(ifftshift(F * M)))
     return torch.fft.ifft2(torch.fft.ifftshift(F_ * M, dim=(-2, -1))).real.to(x.dtype)
 
 # %% ../nbs/43_patched_masking.ipynb #c016
@@ -98,7 +100,7 @@ def mask_slices(x: torch.Tensor, # (B, C, H, W) slices in [0, 1]
                 half_width: tuple = (2, 10), # range of the spectrum square's half-width v
                 generator: torch.Generator | None = None,
                ) -> tuple[torch.Tensor, torch.Tensor]:
-    "Corrupt rectangles of each slice (MIM/MFM as in spec B.4); returns (corrupted x, rectangle mask (B, 1, H, W))."
+    "Corrupt rectangles of each slice (MIM: zeros; MFM: FFT-filtered copy, FPM-CM); returns (corrupted x, rectangle mask (B, 1, H, W))."
     if mode not in ("mim", "mfm", "both"): raise ValueError(f"mode must be 'mim', 'mfm' or 'both', got {mode!r}")
     if brain.shape[0] != x.shape[0] or brain.shape[-2:] != x.shape[-2:]:
         raise ValueError(f"brain {tuple(brain.shape)} does not match x {tuple(x.shape)}")

@@ -41,7 +41,7 @@ def make_perm(generator: torch.Generator | None = None) -> torch.Tensor:
 
 # %% ../nbs/42_simplex_noise.ipynb #c009
 def simplex_field(H: int, W: int,
-                  octaves: int = 6, # number of octaves (spec B.3)
+                  octaves: int = 6, # number of octaves (official: 6)
                   persistence: float = 0.8, # amplitude ratio between octaves
                   frequency: float = 64, # length scale of the first octave, in pixels
                   amplitude: float = 0.775, # overall factor: matches the official generator's std ~0.55 on 96x96

@@ -93,7 +93,7 @@ class UNet(nn.Module):
     def __init__(self,
                  in_chans: int = 1, # input channels
                  out_chans: int | None = None, # output channels (default in_chans; the model predicts x0)
-                 model_channels: int = 128, # base width (spec B.3)
+                 model_channels: int = 128, # base width (official: unet_dim 128)
                  channel_mult: tuple = (1, 2, 2), # width multipliers per level
                  num_res_blocks: int = 3, # residual blocks per encoder level
                  attention_resolutions: tuple = (6, 12, 24), # downsample factors with attention (none reached in the paper)
@@ -147,7 +147,7 @@ class UNet(nn.Module):
 
 # %% ../nbs/41_unet.ipynb #c019
 def unet_mddpm(in_chans: int = 1, **kw) -> UNet:
-    "The UNet of mDDPM/pDDPM (spec B.3): 128 channels, mult 1-2-2, 3 res blocks, middle attention only."
+    "The UNet of the mDDPM/pDDPM code: 128 channels, mult 1-2-2, 3 res blocks, middle attention only."
     return UNet(in_chans, **{**dict(model_channels=128, channel_mult=(1, 2, 2), num_res_blocks=3,
                                     attention_resolutions=(6, 12, 24), head_channels=64), **kw})
 
