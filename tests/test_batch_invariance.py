@@ -69,10 +69,7 @@ def intensity():
 
 METHODS = {"ConvAE": conv_ae, "MAE-UAD": mae_uad, "MemMC-MAE": memmc_mae, "PerceptualAE": perceptual_ae,
            "MaskedDDPM": masked_ddpm, "MaskedDDPM gaussian": masked_ddpm_gaussian, "intensity baseline": intensity}
-# Known defect (reported, not ours to fix): with noise="gaussian", MaskedDDPM.reconstruct seeds one generator per call
-# and draws torch.randn(x.shape), so image i of a batch gets the i-th draw. The default simplex noise is one field
-# shared by every image, hence independent of the batch. Strict: the mark must go when the defect is fixed.
-KNOWN = {"MaskedDDPM gaussian": "gaussian test noise is drawn per batch position (MaskedDDPM.reconstruct, 44_masked_ddpm)"}
+KNOWN = {}  # a method listed here would depend on its batch (strict xfail); none does
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(reason=KNOWN[n], strict=True)) if n in KNOWN else n

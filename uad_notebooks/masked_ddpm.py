@@ -133,7 +133,9 @@ def reconstruct(self: MaskedDDPM, x: torch.Tensor) -> torch.Tensor:
     x0 = to_diffusion(x)
     t = torch.full((x.shape[0],), self.test_t, device=x.device, dtype=torch.long)
     # x_t = sqrt(alpha_bar_t) x + sqrt(1 - alpha_bar_t) eps   at t = test_t   (Ho et al. 2020, eq. 4)
-    xt = q_sample(self.schedule, x0, t, self._noise(x0, g))
+    # one test-time noise field for every image of the batch (simplex is one field already), so a score depends on its image only
+    eps = self._noise(x0, g) if self.noise == "simplex" else self._noise(x0[:1], g).expand_as(x0)
+    xt = q_sample(self.schedule, x0, t, eps)
     # x_hat = f(x_t, t): one x0 prediction of the whole slice (DDPM) ...
     if not self.patched: return from_diffusion(self.net(xt, t))
     n = len(self.boxes)
