@@ -194,7 +194,8 @@ def fit_dpa(train_ds, *, budget: float = 1.0, seed: int = 0, device="auto", out_
         model = dpa_demo(in_chans=train_ds[0]["image"].shape[0], vgg_weights=vgg_weights, allow_download=allow_download)
     if model.img_size != train_ds[0]["image"].shape[-1]:
         raise ValueError(f"dpa: the demo preset expects {model.img_size}px images, the data have {train_ds[0]['image'].shape[-1]}px")
-    model.loss.fit_stats(torch.stack([train_ds[i]["image"] for i in range(min(n_stats, len(train_ds)))]))
+    if model.loss.stats_kind == "none":   # a random VGG: standardise on the training images (ImageNet VGG: the authors' statistics)
+        model.loss.fit_stats(torch.stack([train_ds[i]["image"] for i in range(min(n_stats, len(train_ds)))]))
     st = _stage_steps("dpa", budget, steps)
     n_steps = stage_steps(model.stages, st["stab"], st["trns"], st["final"])
     res = {}
@@ -279,7 +280,8 @@ PRETRAINED = {  # name -> recipe: fit function, its arguments, and how the model
     "dpa/demo": dict(method="dpa", kw=dict(steps=dict(stab=100, trns=50, final=1500), val_every=100, patience=8,
                                            snapshots=(30, 100, 300, 1000, 1500)),
                      factory="uad_notebooks.perceptual_ae:dpa_demo", factory_kw=dict(in_chans=1, vgg_weights="random"),
-                     exclude=("loss.features.",)),
+                     exclude=("loss.features.",), attrs={"loss.stats_kind": "fitted",
+                                                          "loss.stats_source": "fitted on the demo's training images (shipped buffers)"}),
     "mddpm/demo": dict(method="mddpm", kw=dict(steps=dict(mddpm=2000), variant="mddpm", val_every=200, patience=6,
                                                snapshots=(30, 100, 300, 1000, 2000)),
                        factory="uad_notebooks.masked_ddpm:mddpm_small", factory_kw=dict(img_size=64, variant="mddpm")),

@@ -89,7 +89,10 @@ def load_pretrained(method: str, # e.g. 'mddpm', 'mae_uad', 'memmc_mae', 'dpa', 
         raise ValueError(f"{path}: SHA-256 {sha} differs from the manifest's {e['sha256']}: the file was altered or "
                          "truncated; reinstall the package or retrain it")
     model = build_model(e["factory"], e["kwargs"])
-    for k, v in e.get("attrs", {}).items(): setattr(model, k, v)
+    for k, v in e.get("attrs", {}).items():                  # 'a.b' sets attribute b of sub-module a
+        *path, leaf = k.split("."); obj = model
+        for p in path: obj = getattr(obj, p)
+        setattr(obj, leaf, v)
     sd = torch.load(path, map_location="cpu", weights_only=True)
     own = model.state_dict()
     sd = {k: v.to(own[k].dtype) if k in own else v for k, v in sd.items()}
