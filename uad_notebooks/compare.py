@@ -14,7 +14,7 @@ from torch import nn
 import matplotlib.pyplot as plt
 
 from .core import seed_everything, get_device
-from .data import load_dataset
+from .data import load_dataset, healthy_subset
 from .metrics import paired_bootstrap
 from .train import train, load_checkpoint
 from .evaluate import evaluate
@@ -23,9 +23,9 @@ from .viz import compare_maps
 # %% auto #0
 __all__ = ['STEPS', 'METHODS', 'LABELS', 'RECIPES', 'PRETRAINED', 'SHIPPED', 'IMAGE_KEYS', 'PIXEL_KEYS', 'IntensityBaseline',
            'fit_intensity', 'fit_convae', 'fit_mae_uad', 'fit_memmc_mae', 'fit_dpa', 'fit_mddpm', 'fit_method',
-           'load_splits', 'healthy_subset', 'train_pretrained', 'run_comparison', 'run_shipped', 'summarize',
-           'comparison_table', 'table_rows', 'paired_tests', 'paired_table', 'normalised_maps', 'plot_maps',
-           'plot_auroc_by_seed', 'plot_rocs', 'lesion_groups', 'breakdown']
+           'load_splits', 'train_pretrained', 'run_comparison', 'run_shipped', 'summarize', 'comparison_table',
+           'table_rows', 'paired_tests', 'paired_table', 'normalised_maps', 'plot_maps', 'plot_auroc_by_seed',
+           'plot_rocs', 'lesion_groups', 'breakdown']
 
 # %% ../nbs/50_compare.ipynb #c006
 def _gaussian_kernel(sigma: float) -> torch.Tensor:
@@ -258,14 +258,6 @@ def load_splits(dataset: str = "demo", # 'demo' or a prepared dataset name (`uad
     return out
 
 # %% ../nbs/50_compare.ipynb #f58d25e9
-def healthy_subset(ds):
-    "The items of `ds` whose subject has no abnormal item (healthy subjects only)."
-    labels = torch.as_tensor(ds.labels)
-    sick = {s for s, y in zip(ds.subjects, labels.tolist()) if y}
-    keep = torch.tensor([s not in sick for s in ds.subjects])
-    if not keep.any(): raise ValueError(f"healthy_subset: every subject of {ds!r} has an abnormal item")
-    return ds.subset(keep)
-
 PRETRAINED = {  # name -> recipe: fit function, its arguments, and how the model is rebuilt for loading
     "convae/demo": dict(method="convae", kw=dict(steps=dict(ae=6000), val_every=200, patience=8,
                                                  snapshots=(30, 100, 300, 1000, 3000, 6000)),

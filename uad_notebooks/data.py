@@ -18,9 +18,9 @@ from .core import hash_rows
 # %% auto #0
 __all__ = ['IMAGE_EXTS', 'SPLITS', 'INTENSITY', 'INTENSITY_KEYS', 'DataError', 'ArrayDataset', 'manifest_hash', 'percentile_clip',
            'zscore', 'minmax', 'resize', 'read_nifti', 'read_dicom', 'read_image_file', 'read_array', 'volume_slices',
-           'split_by_subject', 'register_dataset', 'list_datasets', 'load_dataset', 'intensity_record',
-           'apply_intensity', 'read_intensity', 'intensity_info', 'manifest_dataset', 'nifti_dataset', 'folder_dataset',
-           'npz_dataset', 'check_test_set']
+           'split_by_subject', 'healthy_subset', 'register_dataset', 'list_datasets', 'load_dataset',
+           'intensity_record', 'apply_intensity', 'read_intensity', 'intensity_info', 'manifest_dataset',
+           'nifti_dataset', 'folder_dataset', 'npz_dataset', 'check_test_set']
 
 # %% ../nbs/01_data.ipynb #c006
 class DataError(ValueError):
@@ -248,6 +248,14 @@ def split_by_subject(subjects: Sequence[str], fractions=(0.6, 0.2, 0.2), seed: i
 
 def _check_split(split):
     if split not in SPLITS: raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+
+def healthy_subset(ds):
+    "The items of `ds` whose subject has no abnormal item (healthy subjects only: validation for selection and thresholds)."
+    labels = torch.as_tensor(ds.labels)
+    sick = {s for s, y in zip(ds.subjects, labels.tolist()) if y}
+    keep = torch.tensor([s not in sick for s in ds.subjects])
+    if not keep.any(): raise ValueError(f"healthy_subset: every subject of {ds!r} has an abnormal item")
+    return ds.subset(keep)
 
 # %% ../nbs/01_data.ipynb #c027
 _REGISTRY: dict[str, Callable | str] = {}
