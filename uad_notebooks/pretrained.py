@@ -90,8 +90,8 @@ def load_pretrained(method: str, # e.g. 'mddpm', 'mae_uad', 'memmc_mae', 'dpa', 
                          "truncated; reinstall the package or retrain it")
     model = build_model(e["factory"], e["kwargs"])
     for k, v in e.get("attrs", {}).items():                  # 'a.b' sets attribute b of sub-module a
-        *path, leaf = k.split("."); obj = model
-        for p in path: obj = getattr(obj, p)
+        *parents, leaf = k.split("."); obj = model
+        for p in parents: obj = getattr(obj, p)
         setattr(obj, leaf, v)
     sd = torch.load(path, map_location="cpu", weights_only=True)
     own = model.state_dict()
