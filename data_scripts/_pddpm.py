@@ -1,4 +1,4 @@
-"""The pDDPM / mDDPM brain-MRI chain shared by ixi.py, brats2021.py and mslub.py (spec B.7).
+"""The pDDPM / mDDPM brain-MRI chain shared by ixi.py, brats2021.py and mslub.py (FinnBehrendt/patched-Diffusion-Models-UAD, preprocessing/prepare_*.sh and src/datamodules/create_dataset.py).
 
 Offline (pDDPM `preprocessing/prepare_*.sh`): resample to 1 mm and reorient; skull strip (HD-BET); affine
 registration to the SRI24 T1 brain template (ANTs); crop to the brain's bounding box; N4 bias correction.

@@ -19,8 +19,8 @@ from uad_notebooks.prepare import (MacenkoNormalizer, optional_import, patch_gri
 
 PATCH = re.compile(r'(?P<slide>(?:normal|tumor|test)_\d{3})_(?P<kind>tumor|normal)_x_(?P<x>\d+)_y_(?P<y>\d+)_w_(?P<w>\d+)_h_(?P<h>\d+)')
 LISTS = {'normal/train': ('train', 0), 'anomaly/train': ('val', 1), 'normal/test': ('test', 0), 'anomaly/test': ('test', 1)}
-EXCLUDED = {'normal_027', 'normal_045', 'normal_108', 'normal_144', 'normal_150', 'normal_158', 'test_114'}  # spec A.8
-TARGET = 'normal_056', (120832, 23808, 2816)   # DPA's stain reference: x, y, side of a level-0 crop (spec A.8)
+EXCLUDED = {'normal_027', 'normal_045', 'normal_108', 'normal_144', 'normal_150', 'normal_158', 'test_114'}  # ninatu/anomaly_detection camelyon16_preprocessing/scripts
+TARGET = 'normal_056', (120832, 23808, 2816)   # DPA's stain reference: x, y, side of a level-0 crop (ninatu/anomaly_detection camelyon16_preprocessing)
 EXPECTED = {('train', 0): 7612, ('val', 1): 2169, ('test', 0): 4000, ('test', 1): 817}
 
 

@@ -1,6 +1,6 @@
 """COVID-19 chest X-rays (COVIDx CXR layout) for MemMC-MAE: normal vs COVID-positive.
 
-The MemMC-MAE abstract names only "covid-19 CXR"; which dataset the paper used is unverified (spec B.5). This script
+The MemMC-MAE abstract names only "covid-19 CXR"; which dataset the paper used is unverified (the paper's method section could not be read). This script
 prepares COVIDx CXR (COVID-Net), a common choice, from its label files: lines `patient_id filename class source`.
 
     python data_scripts/covid_cxr.py download --raw-dir RAW     # prints the Kaggle step

@@ -45,7 +45,7 @@ def prepare(raw_dir, out_dir, args, prov):
     prov.d['split_variant'] = 'generated'
     prov.step('classes', normal=f'classification in {args.normal_classes}', abnormal=f'finding in {args.abnormal_findings}')
     prov.step('split', kind='image level (Hyper-Kvasir has no patient ids), seeded', seed=args.seed, fractions=fr,
-              note="MemMC-MAE's split (probably CCD's Hyper-Kvasir anomaly split, Google Drive) is unverified (spec B.5)")
+              note="MemMC-MAE's split (probably CCD's Hyper-Kvasir anomaly split, Google Drive) is unverified (no code; the paper's data section could not be read)")
     prov.step('resize', size=args.img_size, colour='RGB kept', masks=f'{len(masks)} polyp masks (JPEG, > 127)',
               stored='8-bit RGB PNG (bilinear resize, rounded); no per-image scaling',
               load="x / 255 per channel by load_dataset (intensity contract 'uint8_to_unit', our choice); load with in_chans=3")

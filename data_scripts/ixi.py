@@ -17,7 +17,7 @@ from uad_notebooks.prepare import split_subjects  # noqa: E402
 IXI_ID = r'IXI\d{3}-[A-Za-z]+-\d{4}'
 FILES = ['Data/splits/IXI_train_fold{k}.csv', 'Data/splits/IXI_val_fold{k}.csv']
 PATHS = [f.format(k=k) for k in range(5) for f in FILES] + ['Data/splits/IXI_test.csv', 'Data/splits/avail_t2.csv']
-# volumes per split after the T2 filter (spec B.7, counted from the published CSVs; duplicates included)
+# volumes per split after the T2 filter (counted from the published pDDPM CSVs; duplicates included)
 EXPECTED = {0: (385, 44), 1: (385, 44), 2: (385, 44), 3: (386, 43), 4: (386, 43)}
 
 

@@ -98,7 +98,7 @@ def prepare(raw_dir, out_dir, args, prov):
         for p in plan: per[p[:2]].append(p)
         plan = [p for v in per.values() for p in v[:args.limit]]
     prov.step('crop', what='axial slice through the candidate centre, square crop in voxels', size=args.crop_size,
-              pad='-1000 HU', note='crop geometry is not in Georgescu\'s code or README (spec A.9, A.12 #6): unverified')
+              pad='-1000 HU', note='crop geometry is not in Georgescu\'s code or README: unverified')
     prov.step('intensity', stored='Hounsfield units (float32), air padding -1000 HU',
               load="HU / 100 by load_dataset (intensity contract 'hu_div_100', as Georgescu's process_image for luna16_unnorm)")
     missing = sorted({cands[i]['seriesuid'] for _, _, i in plan} - set(scans))

@@ -23,7 +23,7 @@ from uad_notebooks.prepare import center_crop, histogram_equalize, resize2d, sav
 
 IMG = re.compile(r'\d{8}_\d{3}\.png')
 LISTS = {('train', 0): 'normal/train', ('test', 0): 'normal/test', ('test', 1): 'anomaly/test'}
-# spec A.8 (counted from DPA's split files)
+# counted from DPA's split files (ninatu/anomaly_detection folds/train_test_split)
 EXPECTED = {'PA': {('train', 0): 34497, ('test', 0): 4805, ('test', 1): 6291},
             'AP': {('train', 0): 16003, ('test', 0): 5056, ('test', 1): 9444},
             'subset': {('train', 0): 4261, ('test', 0): 677, ('test', 1): 667}}
@@ -70,7 +70,7 @@ def plan_split(raw_dir, args, prov, entries) -> list:
         normal = e['Finding Labels'] == 'No Finding'
         if name in train and normal: plan.append(('train', 0, name))
         elif name in test: plan.append(('test', 0 if normal else 1, name))
-    prov.d['split_variant'] = 'official NIH lists filtered by view (how DPA built its lists, spec A.8)'
+    prov.d['split_variant'] = 'official NIH lists filtered by view (how DPA built its lists: utils/preprocessing/nih_create_train_test_splits.py)'
     return plan
 
 
