@@ -55,7 +55,7 @@ def prepare(raw_dir, out_dir, args, prov):
                            seed=args.seed)
     prov.d['split_variant'] = 'generated'
     prov.step('split', kind='patient level (one image per patientId), seeded', seed=args.seed, fractions=fr,
-              note='MemMC-MAE does not publish its RSNA split (unknown: no code, the paper's data section could not be read); train holds normals only')
+              note="MemMC-MAE does not publish its RSNA split (unknown: no code, and its data section could not be read); train holds normals only")
     prov.step('read DICOM', tool='pydicom via uad_notebooks.data.read_dicom',
               stored='the 8-bit DICOM pixel values (0..255), resized and rounded, as 8-bit PNG; no per-image scaling',
               load="x / 255 by load_dataset (intensity contract 'uint8_to_unit', our choice)")
