@@ -95,3 +95,47 @@ def test_notebook_renders_to_html(nb, html_exporter):
     assert "<html" in body.lower() and len(body) > 1000
     title = next(("".join(c.source).splitlines()[0] for c in node.cells if c.cell_type == "markdown"), "")
     assert title.startswith("# "), f"{nb.name}: the first markdown cell must start with a '# Title' line"
+
+
+# ---------------------------------------------------------------- tools/execute_notebooks.py (commits lesson outputs)
+def _tiny_nb(path: Path, *sources: str) -> Path:
+    import nbformat
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "python3", "language": "python"}})
+    nb.cells = [nbformat.v4.new_markdown_cell("# Tiny")] + [nbformat.v4.new_code_cell(s) for s in sources]
+    for i, c in enumerate(nb.cells): c.id = f"c{i:03d}"
+    nbformat.write(nb, str(path))
+    return path
+
+
+def test_execute_notebooks_runs_like_nbdev_test_and_stays_clean(tmp_path):
+    """Outputs and figures are written (even with MPLBACKEND=Agg inherited), `#| slow` / `#| eval: false` cells are
+    skipped and left bare, the result is exactly what nbdev-clean leaves, and repro notebooks are refused."""
+    import sys
+    sys.path.insert(0, str(ROOT / "tools"))
+    from execute_notebooks import clean, execute
+    nb = _tiny_nb(tmp_path / "t.ipynb", "import matplotlib.pyplot as plt\nx = 6 * 7\nprint(x)\nplt.plot([0, 1]); plt.show()",
+                  "#| slow\nraise RuntimeError('slow cells must not run')", "#| eval: false\nraise RuntimeError('nor these')",
+                  "x + 1")
+    s = execute(nb, timeout=300)
+    assert s["skipped"] == 2 and s["images"] == 1, s
+    cells = json.loads(nb.read_text())["cells"]
+    out1 = cells[1]["outputs"]
+    assert any(o.get("text") and "42" in "".join(o["text"]) for o in out1)
+    assert any("image/png" in o.get("data", {}) for o in out1), "the figure was not displayed"
+    assert cells[2]["outputs"] == [] and cells[3]["outputs"] == []
+    assert "43" in "".join(cells[4]["outputs"][0]["data"]["text/plain"])
+    assert all(c.get("execution_count") is None for c in cells if c["cell_type"] == "code")
+    before = nb.read_bytes()
+    clean(nb)
+    assert nb.read_bytes() == before, "nbdev-clean would change the executed notebook"
+    with pytest.raises(ValueError, match="repro"): execute(_tiny_nb(tmp_path / "repro_x.ipynb", "1"))
+
+
+def test_execute_notebooks_timeout_leaves_the_notebook_unchanged(tmp_path):
+    import sys
+    sys.path.insert(0, str(ROOT / "tools"))
+    from execute_notebooks import execute
+    nb = _tiny_nb(tmp_path / "t.ipynb", "import time\ntime.sleep(60)")
+    before = nb.read_bytes()
+    with pytest.raises(Exception, match="(?i)timeout|time budget|timed out"): execute(nb, timeout=4)
+    assert nb.read_bytes() == before
