@@ -40,7 +40,7 @@ def _hw(x, name="x") -> np.ndarray:
     if a.ndim != 3: raise ValueError(f"`{name}` must be (N,C,H,W) or (N,H,W), got shape {a.shape}")
     return a.astype(np.float32)
 
-def panel_grid(rows: list,                # rows of panels: dict(img=(H,W), kind='image'|'map', outline=(H,W) or None, title=str)
+def panel_grid(rows: list,                # rows of panels: dict(img=(H,W), kind='image'|'map', outline=(H,W), hidden=(H,W), title=str)
                row_labels: list | None = None, # one label per row (left of the row)
                vmax: float | None = None, # top of the shared map colour scale (None: max of the maps shown)
                cmap: str = "inferno", cbar_label: str = "anomaly", size: float = 1.7) -> Figure:
@@ -61,6 +61,9 @@ def panel_grid(rows: list,                # rows of panels: dict(img=(H,W), kind
                 if p.get("outline") is not None and (p["outline"] > 0.5).any():
                     ax.contour(p["outline"] > 0.5, levels=[0.5], colors="cyan", linewidths=0.8)
             else: _show_image(ax, p["img"], p.get("outline"))
+            if p.get("hidden") is not None:                   # hidden patches in blue, not black on black
+                h = np.asarray(p["hidden"]) > 0.5
+                ax.imshow(np.ma.masked_where(~h, h.astype(float)), cmap=ListedColormap(["#3f73d9"]), vmin=0, vmax=1)
             if p.get("title"): ax.set_title(p["title"], fontsize=8)
         if row_labels is not None: axs[i, 0].set_ylabel(row_labels[i], fontsize=9)
     if im is not None: fig.colorbar(im, ax=axs.ravel().tolist(), shrink=0.8, label=cbar_label)
@@ -122,7 +125,8 @@ def mask_ratio_view(model,                 # an `MAE` (has `reconstruct(x, mask_
     xs, vis, rs, ms = _hw(x), _hw(x * (1 - hid)), _hw(rec), _hw(amap)
     out = None if masks is None else _hw(masks)
     ol = lambda i: None if out is None else out[i]
-    rows = [[dict(img=xs[i], outline=ol(i), title="input"), dict(img=vis[i], title="visible patches"),
+    hs = _hw(hid)
+    rows = [[dict(img=xs[i], outline=ol(i), title="input"), dict(img=vis[i], hidden=hs[i], title="visible (hidden: blue)"),
              dict(img=rs[i], title="reconstruction"), dict(img=ms[i], kind="map", outline=ol(i), title="|x - x_rec|")]
             for i in range(len(x))]
     fig = panel_grid(rows, vmax=vmax)
@@ -141,7 +145,7 @@ def mask_ratio_figure(model, image: torch.Tensor, # (1, C, H, W) or (C, H, W): o
         v = dict(mask_ratio=float(r), visible_fraction=float(1 - hid.mean()), mean_error=float(amap.mean()))
         vals.append({**v, **_lesion_values(amap, m, b)})
         ol = None if m is None else _hw(m)[0]
-        rows.append([dict(img=_hw(x * (1 - hid))[0], title="visible"), dict(img=_hw(rec)[0], title="reconstruction"),
+        rows.append([dict(img=_hw(x * (1 - hid))[0], hidden=_hw(hid)[0], title="visible (hidden: blue)"), dict(img=_hw(rec)[0], title="reconstruction"),
                      dict(img=_hw(amap)[0], kind="map", outline=ol, title="|x - x_rec|")])
     return panel_grid(rows, row_labels=[f"ratio {r:.2f}" for r in ratios]), vals
 
