@@ -129,6 +129,9 @@ def default_layers(start_res: int, img_size: int, final: str = "relu3_2") -> dic
 # %% ../nbs/31_perceptual_ae.ipynb #c017
 class PerceptualAE(nn.Module):
     "Deep Perceptual Autoencoder (Shvetsova et al. 2021): progressive residual AE scored by relative perceptual L1."
+    # each progressive-growing stage trains one resolution: the others' from_rgb/to_rgb/blocks get no gradient there,
+    # so DistributedDataParallel (in `train`) must look for unused parameters
+    ddp_find_unused_parameters = True
     def __init__(self,
                  img_size: int = 64, # final resolution
                  in_chans: int = 1, # image channels (1 for X-ray, 3 for pathology)
