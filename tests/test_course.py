@@ -1,9 +1,10 @@
 """Course assignments: solutions earn full marks, student versions none, every exercise its points while the others are
 unfinished, correct answers written differently full marks, and each planted typical mistake (a call into the package
-among them) loses exactly the points of the checks that should catch it, with a message that names it; the installed
-package holds no notebook. Grading runs in-process here (a fresh namespace per notebook); one test goes through the
+among them) loses exactly the points of the checks that should catch it, with a message that names it; no cell but the
+solutions imports the package's versions (the checks hold their reference numbers); the installed package holds no
+notebook. Grading runs in-process here (a fresh namespace per notebook); one test goes through the
 `uad-course` command in a subprocess, one builds a wheel."""
-import json, shutil, subprocess, sys, zipfile
+import json, re, shutil, subprocess, sys, zipfile
 from pathlib import Path
 
 import pytest
@@ -137,17 +138,29 @@ MISTAKES = [
      {"attn_shapes", "attn_memory_keys", "attn_memory_values", "attn_package"}, "keys AND to the values"),
     ("02_memory_attention", "memory_mass", [("w[..., -n_mem:]", "w[..., :n_mem]")], {"mass_value", "mass_package"},
      "LAST n_mem columns"),
-    ("02_memory_attention", "memory_mass", [(SOLUTION, "return ref.memory_mass(w, n_mem)")], {"mass_value", "mass_package"},
-     "write the exercise yourself"),
+    ("02_memory_attention", "memory_mass", [(SOLUTION, "return ref.memory_mass(w, n_mem)")],   # the set-up used to import ref
+     {"mass_value", "mass_package"}, "name 'ref' is not defined"),
+    ("02_memory_attention", "memory_mass", [("def memory_mass", "from uad_notebooks import memory as ref\n\ndef memory_mass"),
+                                            (SOLUTION, "return ref.memory_mass(w, n_mem)")],
+     {"mass_value", "mass_package"}, "write the exercise yourself"),
     ("03_perceptual_loss", "relative_l1", [("f_real.detach().abs()", "f_real.abs()")], {"rel_no_grad_denominator"},
      "gradient flows through the perceptual denominator"),
     ("03_perceptual_loss", "relative_l1", [("denom = f_real.detach()", "denom = f_fake.detach()")],
      {"rel_formula", "rel_no_grad_denominator"}, "REAL image"),
-    ("03_perceptual_loss", "relative_l1", [(SOLUTION, "return ref.relative_l1(f_real, f_fake, eps=eps)")],
+    ("03_perceptual_loss", "relative_l1", [(SOLUTION, "return ref.relative_l1(f_real, f_fake, reduction='none', eps=eps)")],
+     {"rel_formula", "rel_scale", "rel_no_grad_denominator"}, "name 'ref' is not defined"),   # the set-up used to import ref
+    ("03_perceptual_loss", "relative_l1", [("def relative_l1", "from uad_notebooks import perceptual as ref\n\ndef relative_l1"),
+                                           (SOLUTION, "return ref.relative_l1(f_real, f_fake, reduction='none', eps=eps)")],
      {"rel_formula", "rel_scale", "rel_no_grad_denominator"}, "write the exercise yourself"),
     ("03_perceptual_loss", "perceptual_map",
      [(".mean(dim=(1, 2, 3)).clamp_min(1e-8).view(-1, 1, 1, 1)", ".mean(dim=1, keepdim=True).clamp_min(1e-8)")],
      {"map_package"}, "ONE number per image"),
+    ("03_perceptual_loss", "perceptual_map", [('mode="bilinear", align_corners=False', 'mode="nearest"')], {"map_package"},
+     "mode='bilinear'"),
+    ("03_perceptual_loss", "perceptual_map",
+     [(SOLUTION, "from uad_notebooks.perceptual import relative_l1 as reference\n"
+                 "return F.interpolate(reference(f_real, f_fake, reduction='pixel'), size=size, mode='bilinear', align_corners=False)")],
+     {"map_package", "map_lesion"}, "an import of uad_notebooks.perceptual"),
     ("04_frequency_mask", "centred_square", [("c_r, c_c = H // 2, W // 2", "c_r, c_c = (H - 1) // 2, (W - 1) // 2")],
      {"square_centred", "square_symmetric"}, "not centred"),
     ("04_frequency_mask", "centred_square", [("(r.abs() <= v) & (c.abs() <= v)", "(r >= -v) & (r < v) & (c >= -v) & (c < v)")],
@@ -155,7 +168,12 @@ MISTAKES = [
     ("04_frequency_mask", "frequency_filter", [("torch.fft.fftshift(torch.fft.fft2(x), dim=(-2, -1))", "torch.fft.fft2(x)"),
                                                ("torch.fft.ifftshift(F_ * keep, dim=(-2, -1))", "F_ * keep")],
      {"filter_lowpass", "filter_package"}, "fftshift"),
+    ("04_frequency_mask", "frequency_filter", [("torch.fft.ifftshift(F_ * keep", "torch.fft.fftshift(F_ * keep")],
+     {"filter_package"}, "ifftshift, not fftshift"),   # the same on even sizes: only the hidden odd-sized case catches it
     ("04_frequency_mask", "frequency_filter", [(SOLUTION, "return ref.fft_filter(x, int(M.sum() ** 0.5) // 2, mode)")],
+     {"filter_real", "filter_lowpass", "filter_package"}, "name 'ref' is not defined"),   # the set-up used to import ref
+    ("04_frequency_mask", "frequency_filter", [("def frequency_filter", "from uad_notebooks import patched as ref\n\ndef frequency_filter"),
+                                               (SOLUTION, "return ref.fft_filter(x, int(M.sum() ** 0.5) // 2, mode)")],
      {"filter_real", "filter_lowpass", "filter_package"}, "write the exercise yourself"),
     ("05_threshold_dice", "threshold_at_fpr", [("np.asarray(healthy_maps)[np.asarray(brains) > 0.5]", "np.asarray(healthy_maps).ravel()")],
      {"thr_brain"}, "OUTSIDE the brain"),
@@ -223,6 +241,23 @@ VARIANTS = [
      "B, L = ids_restore.shape\nD = x_kept.shape[-1]\nids_shuffle = torch.argsort(ids_restore, dim=1)\n"
      "out = mask_token.expand(B, L, D).clone()\n"
      "return out.scatter(1, ids_shuffle[:, :x_kept.shape[1], None].expand(-1, -1, D), x_kept)"),
+    ("02_memory_attention", "memory_attention",   # einsum and a hand-written softmax
+     "K, V = torch.cat((k, mem_k), -2), torch.cat((v, mem_v), -2)\n"
+     "s = torch.einsum('bhld,bhnd->bhln', q, K) / q.shape[-1] ** 0.5\n"
+     "e = torch.exp(s - s.amax(-1, keepdim=True))\nw = e / e.sum(-1, keepdim=True)\n"
+     "return torch.einsum('bhln,bhnd->bhld', w, V), w"),
+    ("02_memory_attention", "memory_mass", "L = w.shape[-1] - n_mem\nreturn w[:, :, :, L:].sum(dim=3).sum(dim=1) / w.shape[1]"),
+    ("03_perceptual_loss", "relative_l1",   # sums instead of means, the denominator under no_grad
+     "with torch.no_grad(): den = f_real.abs().flatten(1).sum(1)\n"
+     "return (f_real - f_fake).abs().flatten(1).sum(1) / den.clamp_min(eps * f_real[0].numel())"),
+    ("03_perceptual_loss", "perceptual_map",
+     "B = f_real.shape[0]\nden = f_real.abs().reshape(B, -1).mean(1).detach().clamp_min(1e-8)\n"
+     "m = (f_real - f_fake).abs().mean(1, keepdim=True) / den[:, None, None, None]\n"
+     "return torch.nn.functional.interpolate(m, size=tuple(size), mode='bilinear', align_corners=False)"),
+    ("04_frequency_mask", "centred_square",   # slicing instead of a comparison
+     "M = torch.zeros(H, W)\nM[max(H // 2 - v, 0):H // 2 + v + 1, max(W // 2 - v, 0):W // 2 + v + 1] = 1\nreturn M"),
+    ("04_frequency_mask", "frequency_filter",   # the mask moved to fft2's layout instead of the spectrum to the mask's
+     "keep = M if mode == 'low' else 1 - M\nreturn torch.fft.ifft2(torch.fft.fft2(x) * torch.fft.ifftshift(keep)).real"),
     ("05_threshold_dice", "threshold_at_fpr",
      "v = np.asarray(healthy_maps)[np.asarray(brains) > 0.5]\nj = v.size - int(fpr * v.size) - 1\n"
      "return float(np.partition(v, j)[j])"),
@@ -233,6 +268,34 @@ VARIANTS = [
      "inside = test_brains > 0.5\np, g = (test_maps > t)[inside], (test_masks > 0.5)[inside]\n"
      "den = p.sum() + g.sum()\nreturn t, 1.0 if den == 0 else 2 * np.logical_and(p, g).sum() / den"),
 ]
+
+
+def _package_imports(src: str) -> list[str]:
+    "The imports of uad_notebooks (or its modules) in a cell's code, other than uad_notebooks.course; and dynamic imports."
+    import ast
+    tree = ast.parse("\n".join("pass" if re.match(r"\s*[%!]", l) else l for l in src.split("\n")))
+    found = []
+    for node in ast.walk(tree):
+        mods = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+        found += [m for m in mods if m.split(".")[0] == "uad_notebooks" and m != "uad_notebooks.course"]
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", None)) in ("import_module", "__import__"):
+            found.append(ast.unparse(node))
+    return found
+
+
+@pytest.mark.parametrize("nb", ASSIGNMENTS, ids=lambda p: p.name)
+def test_no_reference_in_reach(nb):
+    """No cell outside the solutions (set-up, checks with their hidden tests, pictures) imports the package's versions:
+    the checks compare with properties and with numbers stored when the assignment was written, so a student's
+    namespace holds no reference to call or copy; only `uad_notebooks.course` (for `assert_own_code`) is imported."""
+    cells = [c for c in read_notebook(nb)["cells"] if c["cell_type"] == "code" and not is_solution(c)]
+    setup = [c for c in cells if nbgrader_meta(c).get("grade_id") == "setup"]
+    assert len(setup) == 1 and "from uad_notebooks.course import assert_own_code" in cell_source(setup[0]), nb.name
+    for c in cells:
+        used = _package_imports(cell_source(c))
+        assert not used, f"{nb.name}, cell {c.get('id')} ({nbgrader_meta(c).get('grade_id', 'no grade_id')}) imports {used}"
+        assert not re.search(r"\bref\.", cell_source(c)), f"{nb.name}, cell {c.get('id')} still uses `ref.`"
 
 
 def plant(name: str, cell_id: str, subs, dst: Path) -> Path:
