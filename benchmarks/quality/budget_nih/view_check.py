@@ -9,7 +9,7 @@ import sys
 import numpy as np, pandas as pd, torch
 from sklearn.metrics import roc_auc_score
 from uad_notebooks.data import load_dataset
-from uad_notebooks.budget import snapshot_model, snapshots
+from uad_notebooks.budget import snapshot_model, snapshots, budget_of
 from uad_notebooks.evaluate import predict
 
 torch.set_num_threads(1)
@@ -34,4 +34,5 @@ LABEL = dict(memmc_mae="MemMC-MAE", dpa="DPA", convae="ConvAE", mae_uad="MAE (no
 for m in methods:
     for step in sorted(snapshots(runs_dir, f"{m}/demo", 0)):
         model = snapshot_model(runs_dir, f"{m}/demo", 0, step)
-        report(f"{LABEL.get(m, m)}, {step} steps", np.asarray(predict(model, ds, progress=False).scores))
+        total = budget_of(runs_dir, f"{m}/demo", 0, step)["steps"]   # DPA: the earlier stages' steps counted too
+        report(f"{LABEL.get(m, m)}, {total} steps", np.asarray(predict(model, ds, progress=False).scores))
