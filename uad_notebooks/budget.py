@@ -147,7 +147,10 @@ def plot_curves(rows: list[dict], baseline: dict | None = None, shipped: dict | 
             ax.axhline(baseline[key], color="k", ls="--", lw=1, label="intensity (no learning)")
         if key.endswith("auroc"): ax.axhline(0.5, color="gray", ls=":", lw=0.8)
         ax.set_xscale("log"); ax.set(xlabel="training steps" if x == "steps" else "wall seconds (1 CPU thread)", ylabel=label)
-    axs[0][0].legend(fontsize=7)
+    handles, labels = axs[0][0].get_legend_handles_labels()
+    if shipped and x == "steps":
+        handles.append(plt.Line2D([], [], marker="*", ls="", color="gray", ms=10, mec="k", mew=0.5)); labels.append("shipped model")
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 7), fontsize=7, frameon=False)   # below the panels: hides no point
     if title: fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     return fig
