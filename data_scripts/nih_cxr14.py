@@ -19,7 +19,7 @@ from _common import (DPA, DatasetScript, load_grey8, main, ManualStep, need, pro
                      read_csv, read_lines, record_split_files, run)  # noqa: E402
 
 import numpy as np  # noqa: E402
-from uad_notebooks.prepare import center_crop, histogram_equalize, resize2d, save_image  # noqa: E402
+from uad_notebooks.prepare import center_crop, histogram_equalize, save_image  # noqa: E402
 
 IMG = re.compile(r'\d{8}_\d{3}\.png')
 LISTS = {('train', 0): 'normal/train', ('test', 0): 'normal/test', ('test', 1): 'anomaly/test'}
@@ -34,12 +34,20 @@ def local_name(view, lst):
     return f'nih_{view}_{lst.replace("/", "_")}.txt'
 
 
+def pil_bilinear(x: np.ndarray, size: int) -> np.ndarray:
+    """PIL's bilinear resize of an 8-bit grey image to size x size: what DPA's `utils/preprocessing/nih_resize.py`
+    (`image.resize((300, 300), PIL.Image.BILINEAR)`) and torchvision's `Resize(64)` on a PIL image both run. PIL widens
+    its filter when it shrinks (antialiasing): a 1024 -> 300 spline zoom without that aliases fine texture (ribs, lines)."""
+    from PIL import Image
+    return np.asarray(Image.fromarray(np.asarray(x, np.uint8), mode='L').resize((size, size), Image.BILINEAR))
+
+
 def preprocess(img: np.ndarray, size: int, equalize: bool) -> np.ndarray:
-    "DPA: 8-bit grey -> 300x300 (bilinear) -> centre crop 224 -> [histogram equalisation] -> size x size."
-    x = resize2d(img.astype(np.float32), 300, 1).clip(0, 255).round().astype(np.uint8)
+    "DPA: 8-bit grey -> 300x300 (PIL bilinear) -> centre crop 224 -> [histogram equalisation] -> size x size (PIL bilinear)."
+    x = pil_bilinear(np.asarray(img).clip(0, 255).round().astype(np.uint8), 300)
     x = center_crop(x, 224)
     if equalize: x = histogram_equalize(x)
-    return resize2d(x.astype(np.float32), size, 1).clip(0, 255).round().astype(np.uint8)
+    return pil_bilinear(x, size)
 
 
 def in_view(e, view) -> bool:
@@ -132,8 +140,8 @@ def prepare(raw_dir, out_dir, args, prov):
     missing = [p[2] for p in plan if p[2] not in files]
     if missing: raise FileNotFoundError(f'{len(missing)} listed image(s) not under {raw_dir}, e.g. {missing[0]}')
     eq = args.view == 'AP' if args.equalize is None else args.equalize
-    prov.step('preprocess', chain='grey 8-bit -> resize 300 bilinear -> centre crop 224 -> '
-              + ('histogram equalisation -> ' if eq else '') + f'resize {args.img_size}', equalize=eq,
+    prov.step('preprocess', chain='grey 8-bit -> resize 300 (PIL bilinear, antialiased) -> centre crop 224 -> '
+              + ('histogram equalisation -> ' if eq else '') + f'resize {args.img_size} (PIL bilinear)', equalize=eq,
               stored='8-bit grey PNG (8-bit sources as saved, 16-bit ones scaled by 255/65535)',
               load="x * 2/255 - 1 by load_dataset (intensity contract 'uint8_to_pm1': DPA's ToTensor + Normalize(0.5, 0.5))")
     rows, n = [], defaultdict(int)

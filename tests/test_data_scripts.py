@@ -1084,3 +1084,24 @@ def test_intensity_pddpm_chain_loads_the_prepared_volumes_unchanged(name, tmp_pa
     peaks = [float(vol[..., z].max()) for z in range(vol.shape[-1]) if vol[..., z].any()]
     assert min(peaks) < 0.95                                     # a slice a per-slice rescaling would have stretched
     assert contract_of(name, out, ds) == 'as_prepared'
+
+
+def test_nih_cxr14_resizes_as_pil_does():
+    """DPA resizes with PIL's bilinear filter (nih_resize.py; torchvision's Resize on a PIL image), which widens when it
+    shrinks. On fine stripes (period 2 px, 0/255) an un-antialiased zoom to 300 px leaves a moire of large swings;
+    PIL's filter leaves mid-grey. preprocess must equal the official chain exactly."""
+    from PIL import Image
+    nih = script('nih_cxr14')
+    img = np.zeros((1024, 1024), np.uint8); img[:, ::2] = 255                        # vertical stripes, 2 px period
+    img[400:600, 400:600] = 128                                                        # and a flat square
+    official = Image.fromarray(img).resize((300, 300), Image.BILINEAR)
+    l = (300 - 224) // 2
+    official = np.asarray(official.crop((l, l, l + 224, l + 224)).resize((64, 64), Image.BILINEAR))
+    got = nih.preprocess(img, 64, equalize=False)
+    assert got.dtype == np.uint8 and got.shape == (64, 64)
+    assert np.array_equal(got, official)
+    stripes = got[:8, :]                                                               # a band of stripes only
+    assert abs(float(stripes.mean()) - 127.5) < 3 and float(stripes.std()) < 3       # mid-grey, no moire
+    from uad_notebooks.prepare import resize2d                                         # what the script did before
+    aliased = resize2d(img.astype(np.float32), 300, 1)[:20]
+    assert float(aliased.std()) > 30                                                   # the moire this test guards against
