@@ -10,6 +10,7 @@ import numpy as np, pandas as pd, torch
 from sklearn.metrics import roc_auc_score
 from uad_notebooks.data import load_dataset
 from uad_notebooks.budget import snapshot_model, snapshots, budget_of
+from uad_notebooks.compare import LABELS
 from uad_notebooks.evaluate import predict
 
 torch.set_num_threads(1)
@@ -22,17 +23,16 @@ if len(man) != len(ds): raise ValueError(f"{data_dir}/manifest.csv: {len(man)} t
 y, view = ds.labels.numpy(), man["view"].fillna("unknown").values
 print("test images by view (rows) and label (0 = No Finding, 1 = Pneumonia):")
 print(pd.crosstab(view, y).to_string(), "\n")
-print(f"{'score':26s} {'AUROC all':>9s} {'within PA':>9s} {'within AP':>9s} {'AP vs PA':>9s}")
+print(f"{'score':32s} {'AUROC all':>9s} {'within PA':>9s} {'within AP':>9s} {'AP vs PA':>9s}")
 def report(name, s):
     cells = [roc_auc_score(y, s)] + [roc_auc_score(y[view == v], s[view == v]) for v in ("PA", "AP")]
     known = view != "unknown"
     cells.append(roc_auc_score(view[known] == "AP", s[known]))
-    print(f"{name:26s} " + " ".join(f"{c:9.3f}" for c in cells))
+    print(f"{name:32s} " + " ".join(f"{c:9.3f}" for c in cells))
 x = ds.images.reshape(len(ds), -1).numpy()
 report("image mean", x.mean(1)); report("image std", x.std(1)); report("99th percentile", np.percentile(x, 99, axis=1))
-LABEL = dict(memmc_mae="MemMC-MAE", dpa="DPA", convae="ConvAE", mae_uad="MAE (no classifier)", mddpm="masked DDPM")
 for m in methods:
     for step in sorted(snapshots(runs_dir, f"{m}/demo", 0)):
         model = snapshot_model(runs_dir, f"{m}/demo", 0, step)
         total = budget_of(runs_dir, f"{m}/demo", 0, step)["steps"]   # DPA: the earlier stages' steps counted too
-        report(f"{LABEL.get(m, m)}, {total} steps", np.asarray(predict(model, ds, progress=False).scores))
+        report(f"{LABELS[m]}, {total} steps", np.asarray(predict(model, ds, progress=False).scores))
