@@ -19,7 +19,7 @@ from .compare import PRETRAINED, LABELS, IntensityBaseline, train_pretrained, lo
 
 # %% auto #0
 __all__ = ['SNAPSHOT_STAGE', 'POINT_KEYS', 'PANELS', 'run_dir', 'snapshot_stage', 'snapshots', 'budget_of', 'snapshot_model',
-           'fit_classifier', 'curve', 'summarise', 'plot_curves']
+           'fit_classifier', 'curve', 'summarise', 'plot_curves', 'read_committed']
 
 # %% ../nbs/52_budget_curves.ipynb #c006
 SNAPSHOT_STAGE = dict(convae=("convae", "ae"), mae_uad=("mae_uad", "mae"), memmc_mae=("memmc_mae", "train"),
@@ -154,3 +154,14 @@ def plot_curves(rows: list[dict], baseline: dict | None = None, shipped: dict | 
     if title: fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
     return fig
+
+# %% ../nbs/52_budget_curves.ipynb #86239cd1
+def read_committed(folder) -> tuple[list[dict], dict, dict]:
+    "Rows, intensity baseline and shipped models of the budget runs committed as `folder/<method>/metrics.json`, each printed with its provenance."
+    runs = [json.loads(p.read_text()) for p in sorted(Path(folder).glob("*/metrics.json"))]
+    if not runs: raise FileNotFoundError(f"no {folder}/*/metrics.json: run nbs/repro_budget_curves.ipynb first")
+    for r in runs:
+        p = r["provenance"]
+        print(f"{r['dataset']}: {r['names']}, seed 0 to {r['seed0_cap']} steps, seeds {r['seeds'][1:]} to {r['repeat_steps']}, "
+              f"commit {p['git_commit'][:7]}, {p['created_at']}, {r['wall_seconds'] / 60:.0f} min ({p['device_name']})")
+    return [x for r in runs for x in r["rows"]], runs[0]["baseline"], {k: v for r in runs for k, v in r["shipped"].items()}
